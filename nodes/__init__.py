@@ -1,0 +1,11 @@
+"""ComfyUI side of comfyui-precise-edit: node schemas (V3 API), model patching, validation."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .edit_region import EditRegionPreview
+
+
+class PreciseEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [EditRegionPreview]
