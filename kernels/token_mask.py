@@ -4,7 +4,10 @@ Follows the pack's KV-Edit note (``shared/methods/kv-edit.md``):
 
 * the pixel mask ``M`` (1 = region to edit) is resized to latent resolution with bilinear
   interpolation and thresholded at ``> 0``: any latent pixel the brush touched is editable
-  (a slight dilation);
+  (a slight dilation). Plain bilinear downsampling by 8 reads only the 2x2 pixels nearest
+  each latent pixel's centre, so a thin stroke elsewhere in the footprint would be lost:
+  the footprint's maximum (adaptive max-pool) is OR-ed in, so no painted pixel is ever
+  dropped;
 * a model that patchifies ``p x p`` latent pixels into one token makes a token foreground
   when any of its latent pixels is foreground. Latents whose size is not a multiple of
   ``p`` are padded by the model; padded pixels carry no mask, so a border token is
@@ -50,8 +53,10 @@ def latent_pixel_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.T
         raise MaskError(f"latent size must be positive, got {latent_hw}")
     if tuple(m.shape[-2:]) == (h, w):
         return m > 0
-    resized = F.interpolate(m.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False)
-    return resized[:, 0] > 0
+    m4 = m.unsqueeze(1)
+    resized = F.interpolate(m4, size=(h, w), mode="bilinear", align_corners=False)
+    touched = F.adaptive_max_pool2d(m4, (h, w)) if m.shape[-2] >= h and m.shape[-1] >= w else resized
+    return ((resized > 0) | (touched > 0))[:, 0]
 
 
 def token_grid(latent_hw: tuple[int, int], patch: int) -> tuple[int, int]:

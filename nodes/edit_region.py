@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
 from ..kernels.token_mask import MaskError, as_mask_batch, build_token_masks, overlay_image
@@ -13,10 +12,11 @@ NODE = "EditRegionPreview"
 
 
 def match_mask_to_images(mask: torch.Tensor, images: torch.Tensor, node: str) -> tuple[torch.Tensor, list[str]]:
-    """Mask ``[B, H, W]`` sized and batched like ``images`` ``[B, H, W, C]``.
+    """Mask ``[B, h, w]`` batched like ``images`` ``[B, H, W, C]``.
 
-    A mask of another size is resized (bilinear) with a note; a single mask serves every
-    image; any other batch mismatch is an error naming the node.
+    A mask of another size is kept at its own resolution (it is resized straight to the
+    latent grid later, which avoids resampling twice) and a note is logged; a single mask
+    serves every image; any other batch mismatch is an error naming the node.
     """
     notes = []
     try:
@@ -26,10 +26,9 @@ def match_mask_to_images(mask: torch.Tensor, images: torch.Tensor, node: str) ->
     B, H, W = images.shape[0], images.shape[1], images.shape[2]
     if tuple(m.shape[-2:]) != (H, W):
         notes.append(note(node, f"mask is {m.shape[-1]}x{m.shape[-2]} but the image is {W}x{H}; "
-                                f"resized the mask to the image"))
-        m = F.interpolate(m.unsqueeze(1), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+                                f"the mask is resized to the model's token grid"))
     if m.shape[0] == 1 and B > 1:
-        m = m.expand(B, H, W)
+        m = m.expand(B, *m.shape[-2:])
     elif m.shape[0] != B:
         raise NodeInputError(f"{node}: {m.shape[0]} masks for {B} images; give one mask, or one per image")
     return m, notes
