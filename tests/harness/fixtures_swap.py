@@ -1,0 +1,76 @@
+"""Swap a prompt's weight loaders for the tests-only tiny fixtures, and provide its images.
+
+A workflow names real files (``flux1-dev.safetensors``, ``ae.safetensors``, ...). The
+model family is read from the diffusion model's file name, once per workflow, and every
+loader of that workflow (UNet/checkpoint, text encoders, VAE) becomes the matching tiny
+fixture. ``LoadImage`` stays as it is: the images it names are written into the server's
+input folder (an RGBA picture whose transparent square becomes the MASK).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MODEL_LOADERS = {"UNETLoader", "CheckpointLoaderSimple", "CheckpointLoader", "UnetLoaderGGUF",
+                 "ImageOnlyCheckpointLoader"}
+CLIP_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader", "CLIPLoaderGGUF",
+                "DualCLIPLoaderGGUF"}
+VAE_LOADERS = {"VAELoader"}
+
+
+def family_from_name(name: str) -> str:
+    n = name.lower()
+    if "qwen" in n:
+        return "qwen_image"
+    if "kontext" in n:
+        return "flux_kontext"
+    if "schnell" in n:
+        return "flux_schnell"
+    if "flux" in n:
+        return "flux_dev"
+    return "sd15"
+
+
+def swap_loaders(prompt: dict) -> str:
+    """Rewrite ``prompt`` in place; returns the fixture family used."""
+    names = [n["inputs"].get("unet_name") or n["inputs"].get("ckpt_name") or ""
+             for n in prompt.values() if n["class_type"] in MODEL_LOADERS]
+    if not names:
+        return ""
+    family = family_from_name(names[0])
+    for node in prompt.values():
+        ct = node["class_type"]
+        if ct in {"CheckpointLoaderSimple", "CheckpointLoader", "ImageOnlyCheckpointLoader"}:
+            node.update(class_type="PETestTinyCheckpoint", inputs={"family": family})
+        elif ct in MODEL_LOADERS:
+            node.update(class_type="PETestTinyModel", inputs={"family": family, "seed": 0})
+        elif ct in CLIP_LOADERS:
+            node.update(class_type="PETestTinyCLIP", inputs={"family": family})
+        elif ct in VAE_LOADERS:
+            node.update(class_type="PETestTinyVAE", inputs={"family": family})
+    return family
+
+
+def write_input_images(prompt: dict, input_dir: Path, size=(96, 64)) -> list[str]:
+    """Create every image a ``LoadImage`` node names; returns the file names."""
+    input_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for node in prompt.values():
+        if node["class_type"] not in ("LoadImage", "LoadImageMask"):
+            continue
+        name = node["inputs"].get("image")
+        if not name or (input_dir / name).exists():
+            continue
+        w, h = size
+        yy, xx = np.mgrid[0:h, 0:w]
+        rgb = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 7.0) * np.cos(yy / 5.0)], -1)
+        alpha = np.ones((h, w))
+        alpha[h // 4: h // 2, w // 3: w // 3 + w // 4] = 0.0  # transparent = masked (edit) region
+        rgba = (np.concatenate([rgb, alpha[..., None]], -1) * 255).round().astype(np.uint8)
+        path = input_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgba, "RGBA").save(path)
+        written.append(name)
+    return written
