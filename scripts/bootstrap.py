@@ -40,7 +40,8 @@ def log(msg: str) -> None:
 
 def run(cmd: list[str], **kw) -> None:
     log("$ " + " ".join(str(c) for c in cmd))
-    subprocess.run([str(c) for c in cmd], check=True, **kw)
+    # stdout is reserved for the KEY=value lines the Makefile evaluates.
+    subprocess.run([str(c) for c in cmd], check=True, stdout=sys.stderr, **kw)
 
 
 def host_dir() -> Path:
