@@ -75,9 +75,23 @@ def edit_region_preview_flux() -> Workflow:
 WORKFLOWS = [edit_region_preview_flux]
 
 
+def all_workflows() -> list:
+    """This file's workflows plus ``WORKFLOWS`` of every ``scripts/workflows_*.py`` module
+    (one module per method, each importing :class:`Workflow` from here)."""
+    import importlib.util
+
+    found = list(WORKFLOWS)
+    for path in sorted(Path(__file__).resolve().parent.glob("workflows_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found += list(module.WORKFLOWS)
+    return found
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for make in WORKFLOWS:
+    for make in all_workflows():
         wf = make()
         path = OUT / f"{wf.title}.json"
         path.write_text(json.dumps(wf.to_json(), indent=1) + "\n")
