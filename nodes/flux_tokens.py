@@ -1,0 +1,160 @@
+"""Run ComfyUI's own FLUX on a subset of image tokens, with recorded keys/values.
+
+Installed into a sampling run's ``model_options`` (never into the user's model), through
+ComfyUI's own hooks only:
+
+* a ``post_input`` patch drops image tokens that are not computed, before rotary
+  embeddings (reference tokens of FLUX.1 Kontext are always kept);
+* ``transformer_options["optimized_attention_override"]`` sees q/k/v after RoPE in every
+  double and single block: it records background keys/values, appends cached ones (with an
+  optional logit bias), or applies KV-Edit's mask-guided pattern; an override that was
+  already there is chained, not replaced;
+* a ``dit`` replace of the last single block puts the dropped rows back (as zeros) before
+  the final layer, so the model's output has its usual shape.
+
+What one evaluation does is described by a :class:`TokenPlan` that the caller sets on the
+:class:`FluxTokenController` before each model call; with no plan the patches do nothing.
+On the computed tokens the result equals the full forward to float precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..kernels.kv_attention import append_cached, extend_bias, mask_guided_bias
+
+Block = tuple[str, int]
+
+
+@dataclass
+class TokenPlan:
+    n_img: int                                   # image tokens of the latent (before reference tokens)
+    keep: torch.Tensor | None = None             # image-token indices computed; None = all
+    record_idx: torch.Tensor | None = None       # image-token indices whose k/v are recorded
+    record: Callable[[Block, torch.Tensor, torch.Tensor], None] | None = None
+    cached: Callable[[Block, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor] | None] | None = None
+    cached_bias: float = 0.0                     # added to the logits of every cached key
+    guided_fg: torch.Tensor | None = None        # bool over image tokens: mask-guided attention
+
+
+class FluxTokenController:
+    """Owns the patches; ``plan`` decides what the next model evaluation does."""
+
+    def __init__(self, n_single_blocks: int):
+        if n_single_blocks < 1:
+            raise ValueError("this FLUX model has no single-stream blocks")
+        self.last_single = n_single_blocks - 1
+        self.plan: TokenPlan | None = None
+        self.calls = 0
+        self._txt_len = 0
+        self._n_seq = 0
+        self._keep_seq: torch.Tensor | None = None
+
+    # -- installation ----------------------------------------------------------------------
+    def install(self, model_options: dict) -> dict:
+        """Add the patches to ``model_options`` (a sampling run's private copy) and return it."""
+        to = model_options.setdefault("transformer_options", {})
+        to.setdefault("patches", {})
+        to["patches"]["post_input"] = to["patches"].get("post_input", []) + [self._post_input]
+        previous = to.get("optimized_attention_override")
+        to["optimized_attention_override"] = self._make_override(previous)
+        replace = to.setdefault("patches_replace", {}).setdefault("dit", {})
+        key = ("single_block", self.last_single)
+        replace[key] = self._make_last_block(replace.get(key))
+        return model_options
+
+    # -- patches ---------------------------------------------------------------------------
+    def _post_input(self, args: dict) -> dict:
+        plan = self.plan
+        img, img_ids = args["img"], args["img_ids"]
+        self._txt_len = args["txt"].shape[1]
+        self._n_seq = img.shape[1]
+        self._keep_seq = None
+        self.calls += 1
+        if plan is None or plan.keep is None:
+            return args
+        if self._n_seq < plan.n_img:
+            raise ValueError(f"the model sees {self._n_seq} image tokens, the plan expects {plan.n_img}")
+        keep = torch.cat((plan.keep.to(img.device),
+                          torch.arange(plan.n_img, self._n_seq, device=img.device)))
+        self._keep_seq = keep
+        out = dict(args)
+        out["img"] = img[:, keep]
+        out["img_ids"] = img_ids[:, keep] if img_ids is not None else None
+        return out
+
+    def _make_override(self, previous):
+        def override(func, q, k, v, heads, *args, **kwargs):
+            plan = self.plan
+            if plan is not None:
+                to = kwargs.get("transformer_options") or {}
+                block = (to.get("block_type", "double"), int(to.get("block_index", 0)))
+                mask = kwargs.pop("mask", None)
+                if plan.record is not None:
+                    idx = plan.record_idx.to(k.device) + self._txt_len
+                    plan.record(block, k[:, :, idx], v[:, :, idx])
+                if plan.guided_fg is not None:
+                    guided = mask_guided_bias(self._txt_len, plan.guided_fg, self._n_seq - plan.n_img,
+                                              q.dtype, q.device)
+                    mask = guided if mask is None else mask + guided
+                if plan.cached is not None:
+                    extra = plan.cached(block, k.device, k.dtype)
+                    if extra is not None and extra[0].shape[2] > 0:
+                        lk = k.shape[2]
+                        k, v = append_cached(k, v, extra[0], extra[1])
+                        mask = extend_bias(mask, q.shape[2], lk, extra[0].shape[2], plan.cached_bias,
+                                           q.dtype, q.device)
+                kwargs["mask"] = mask
+            if previous is not None:
+                return previous(func, q, k, v, heads, *args, **kwargs)
+            return func(q, k, v, heads, *args, **kwargs)
+
+        return override
+
+    def _make_last_block(self, previous):
+        def last_block(args: dict, extra: dict) -> dict:
+            out = previous(args, extra) if previous is not None else extra["original_block"](args)
+            keep = self._keep_seq
+            if keep is None:
+                return out
+            img = out["img"]
+            full = img.new_zeros(img.shape[0], self._txt_len + self._n_seq, img.shape[2])
+            full[:, :self._txt_len] = img[:, :self._txt_len]
+            full[:, self._txt_len + keep] = img[:, self._txt_len:]
+            out = dict(out)
+            out["img"] = full
+            return out
+
+        return last_block
+
+
+class VelocityProbe:
+    """``DIFFUSION_MODEL`` wrapper that keeps the raw model output (the velocity of a
+    rectified-flow model), which ComfyUI's denoised value cannot give back at sigma 0."""
+
+    KEY = "precise_edit_velocity_probe"
+
+    def __init__(self):
+        self.outputs: list[torch.Tensor] = []
+
+    def install(self, model_options: dict) -> dict:
+        import comfy.patcher_extension as pe
+
+        pe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, self.KEY, self._wrap, model_options,
+                                is_model_options=True)
+        return model_options
+
+    def _wrap(self, executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        self.outputs.append(out)
+        return out
+
+    def take(self) -> torch.Tensor:
+        if len(self.outputs) != 1:
+            n = len(self.outputs)
+            self.outputs.clear()
+            raise RuntimeError(f"expected one model evaluation, saw {n} (conditioning with several "
+                               f"areas or batches is not supported here)")
+        return self.outputs.pop().float()

@@ -1,0 +1,281 @@
+"""KV-Edit on ComfyUI's FLUX: inversion with background recording, and denoising that
+computes only the foreground tokens (``shared/methods/kv-edit.md``).
+
+Model evaluations go through ComfyUI's own guider (conditioning, FluxGuidance, Kontext
+reference latents, model patches and LoRAs all apply as in a normal sampler); the loops
+are plain Python here because ComfyUI's samplers cannot run an inversion to sigma 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+
+from ..kernels.kv_attention import euler, keep_background
+from ..kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
+from ..kernels.kv_store import KVStore
+from ..kernels.token_mask import TokenMasks
+from .flux_tokens import FluxTokenController, TokenPlan, VelocityProbe
+
+
+def model_fingerprint(model) -> str:
+    """Identifies the weights a record was made with: model class and config, a sample of
+    the base weights, and the patches (LoRAs) with their strengths."""
+    h = hashlib.sha256()
+    inner = model.model
+    h.update(type(inner).__name__.encode())
+    cfg = getattr(getattr(inner, "model_config", None), "unet_config", {}) or {}
+    h.update(json.dumps({k: v for k, v in sorted(cfg.items()) if k != "dtype"}, default=str).encode())
+    params = list(inner.diffusion_model.named_parameters())
+    for name, p in params[:2] + params[-2:]:
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        try:
+            h.update(p.detach().flatten()[:256].float().cpu().numpy().tobytes())
+        except Exception:  # exotic quantised tensors: shape and name only
+            pass
+    for key in sorted(getattr(model, "patches", {}) or {}):
+        h.update(key.encode())
+        for entry in model.patches[key]:
+            h.update(repr((entry[0], entry[2] if len(entry) > 2 else None)).encode())
+    return h.hexdigest()[:16]
+
+
+def default_sigmas(model, steps: int) -> torch.Tensor:
+    ms = model.get_model_object("model_sampling")
+    return comfy.samplers.calculate_sigmas(ms, "simple", steps).float().cpu()
+
+
+def flux_geometry(model) -> dict:
+    dm = model.model.diffusion_model
+    blocks = [("double", i) for i in range(len(dm.double_blocks))] + \
+             [("single", i) for i in range(len(dm.single_blocks))]
+    return {"blocks": blocks, "heads": dm.num_heads, "hidden": dm.hidden_size,
+            "head_dim": dm.hidden_size // dm.num_heads, "n_single": len(dm.single_blocks)}
+
+
+class LoopSampler(comfy.samplers.Sampler):
+    """A ComfyUI ``SAMPLER`` whose loop is a plain function; usable with SamplerCustomAdvanced."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        return self.loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
+
+
+def _guider(model, positive):
+    guider = comfy.samplers.CFGGuider(model)
+    guider.inner_set_conds({"positive": positive})
+    guider.set_cfg(1.0)
+    return guider
+
+
+def _interrupted():
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+@dataclass
+class InvertResult:
+    record: BackgroundRecord
+    inverted: torch.Tensor  # user space latent at s_0
+
+
+def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: torch.Tensor,
+           storage: str = "bf16", cache_device="cpu", mask_guided: bool = False,
+           progress: comfy.utils.ProgressBar | None = None) -> InvertResult:
+    """Euler inversion from the source latent to ``s_0`` recording background keys/values
+    of every interval (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``)."""
+    geo = flux_geometry(model)
+    n = int(sigmas.numel()) - 1
+    flat = masks.flat[0]
+    bg_idx = (~flat).nonzero().flatten()
+    store = KVStore(storage=storage, device=cache_device)
+    controller = FluxTokenController(geo["n_single"])
+    probe = VelocityProbe()
+    traj: list[torch.Tensor | None] = [None] * (n + 1)
+
+    def loop(model_wrap, sig, extra_args, callback, noise, x0):
+        mo = extra_args["model_options"]
+        controller.install(mo)
+        probe.install(mo)
+        traj[n] = x0.float()
+        s_in = x0.new_ones(x0.shape[0])
+        for i in reversed(range(n)):
+            _interrupted()
+            step = i
+
+            def record(block, k, v, step=step):
+                store.put(step, block, k, v)
+
+            controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if bg_idx.numel() else None,
+                                        record=record if bg_idx.numel() else None,
+                                        guided_fg=flat if mask_guided else None)
+            model_wrap(traj[i + 1].to(x0.dtype), sig[i + 1] * s_in, **extra_args)
+            v = probe.take()
+            traj[i] = euler(traj[i + 1], v, float(sig[i + 1]), float(sig[i]))
+            controller.plan = None
+            if progress is not None:
+                progress.update(1)
+        return traj[0].to(x0.dtype)
+
+    guider = _guider(model, positive)
+    inverted = guider.sample(torch.zeros_like(latent), latent, LoopSampler(loop), sigmas.to(latent.device),
+                             seed=0, disable_pbar=True)
+    trajectory = torch.stack([t.cpu() for t in traj])
+    fingerprint = {"model": model_fingerprint(model), "latent_shape": list(latent.shape),
+                   "mask": mask_digest(masks.latent), "steps": n, "sigmas": sigmas_digest(sigmas)}
+    kv_shape = (1, geo["heads"], int(bg_idx.numel()), geo["head_dim"])
+    record = BackgroundRecord(store=store, trajectory=trajectory, source_latent=latent.clone().cpu(),
+                              latent_mask=masks.latent.cpu(), token_mask=masks.tokens.cpu(),
+                              sigmas=sigmas.float().cpu(), fingerprint=fingerprint, kv_shape=kv_shape,
+                              blocks=geo["blocks"], mask_guided=mask_guided,
+                              info={"hidden": geo["hidden"], "family": "flux"})
+    return InvertResult(record, inverted.cpu())
+
+
+def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, reinit: bool = False,
+                 authors_mode: bool = False, progress: comfy.utils.ProgressBar | None = None):
+    """The SAMPLER loop of KV-Edit's denoising (paper form by default).
+
+    ``noise`` (from ComfyUI's NOISE input) is used only by reinitialisation. Returns the
+    final latent in model space; the caller pastes the exact source background with
+    :func:`composite`.
+    """
+    n = record.steps
+    flat = record.token_mask.reshape(record.token_mask.shape[0], -1)[0]
+    fg_idx = flat.nonzero().flatten()
+    all_fg = bool(flat.all())
+
+    def loop(model_wrap, sig, extra_args, callback, noise, latent_image):
+        s = record.sigmas
+        device = latent_image.device
+        dtype = latent_image.dtype
+        traj = record.trajectory.to(device)
+        m = record.latent_mask.to(device)
+        dm = model_wrap.inner_model.diffusion_model
+        controller = FluxTokenController(len(dm.single_blocks))
+        controller.install(extra_args["model_options"])
+        start = skip + 1 if authors_mode else skip
+        x = traj[min(start, n)].clone()
+        if reinit:
+            sk = float(s[skip])
+            fresh = sk * noise.to(device).float() + (1 - sk) * traj[skip]
+            x = keep_background(fresh, x, m)
+        s_in = x.new_ones(x.shape[0])
+
+        def cached(block, dev, dt, step):
+            return record.store.get(step, block, dev, dt)
+
+        for i in range(skip, n):
+            _interrupted()
+            if authors_mode:
+                x = keep_background(x, traj[i + 1], m)
+            controller.plan = None if all_fg else TokenPlan(
+                n_img=flat.numel(), keep=fg_idx,
+                cached=lambda block, dev, dt, step=i: cached(block, dev, dt, step), cached_bias=attn_scale)
+            si, sn = float(s[i]), float(s[i + 1])
+            denoised = model_wrap(x.to(dtype), s[i].to(device) * s_in, **extra_args).float()
+            v = (x - denoised) / si
+            x = euler(x, v, si, sn)
+            if not authors_mode:
+                x = keep_background(x, traj[i + 1], m)
+            controller.plan = None
+            if callback is not None:
+                callback(i - skip, denoised, x, n - skip)
+            if progress is not None:
+                progress.update(1)
+        return x.to(dtype)
+
+    return loop
+
+
+def composite(samples: torch.Tensor, record: BackgroundRecord) -> torch.Tensor:
+    """The edit's result: the source latent, bit-exact, wherever the latent mask is 0."""
+    return keep_background(samples.to(record.source_latent.dtype).cpu(), record.source_latent, record.latent_mask)
+
+
+def edit(model, record: BackgroundRecord, positive, skip: int, seed: int = 0, attn_scale: float = 0.0,
+         reinit: bool = False, authors_mode: bool = False, noise: torch.Tensor | None = None,
+         progress: comfy.utils.ProgressBar | None = None) -> torch.Tensor:
+    """Denoise with the record and return the user-space latent (background bit-exact)."""
+    latent = record.source_latent
+    if noise is None:
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(latent.shape, generator=gen, dtype=torch.float32)
+    guider = _guider(model, positive)
+    loop = denoise_loop(record, skip, attn_scale, reinit, authors_mode, progress)
+    out = guider.sample(noise, latent.clone(), LoopSampler(loop), record.sigmas[skip:].clone(),
+                        seed=seed, disable_pbar=True)
+    return composite(out, record)
+
+
+def inversion_free(model, latent: torch.Tensor, masks: TokenMasks, source, target, sigmas: torch.Tensor,
+                   skip: int = 0, seed: int = 0, attn_scale: float = 0.0, storage: str = "bf16",
+                   cache_device="cpu", noise: torch.Tensor | None = None,
+                   progress: comfy.utils.ProgressBar | None = None) -> tuple[torch.Tensor, KVStore]:
+    """KV-Edit without inversion: keys/values of one step only, so memory does not grow
+    with the number of steps. Two evaluations per step (source on all tokens, target on the
+    foreground). Returns the user-space latent (background bit-exact) and the store, whose
+    ``peak_bytes`` is the most it ever held."""
+    geo = flux_geometry(model)
+    n = int(sigmas.numel()) - 1
+    flat = masks.flat[0]
+    bg_idx = (~flat).nonzero().flatten()
+    fg_idx = flat.nonzero().flatten()
+    all_fg = bool(flat.all())
+    store = KVStore(storage=storage, device=cache_device)
+    if noise is None:
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(int(seed)))
+
+    def loop(model_wrap, sig, extra_args, callback, noise_in, x0):
+        mo = extra_args["model_options"]
+        controller = FluxTokenController(geo["n_single"])
+        controller.install(mo)
+        device = x0.device
+        m = masks.latent.to(device)
+        e = noise_in.to(device).float()
+        x0f = x0.float()
+        z_fe = x0f.clone()
+        s_in = x0.new_ones(x0.shape[0])
+        source_conds = model_wrap.conds["negative"]
+        for i in range(skip, n):
+            _interrupted()
+            si, sn = float(sigmas[i]), float(sigmas[i + 1])
+            z_src = (1 - si) * x0f + si * e
+            z_tar = z_src + (z_fe - x0f)
+            t = sigmas[i].to(device) * s_in
+
+            def record(block, k, v, step=i):
+                store.put(step, block, k, v)
+
+            controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if not all_fg else None,
+                                        record=None if all_fg else record)
+            d_src = comfy.samplers.calc_cond_batch(model_wrap.inner_model, [source_conds], z_src.to(x0.dtype),
+                                                   t, mo)[0].float()
+            controller.plan = None if all_fg else TokenPlan(
+                n_img=flat.numel(), keep=fg_idx, cached_bias=attn_scale,
+                cached=lambda block, dev, dt, step=i: store.get(step, block, dev, dt))
+            d_tar = model_wrap(z_tar.to(x0.dtype), t, **extra_args).float()
+            controller.plan = None
+            v_src = (z_src - d_src) / si
+            v_tar = (z_tar - d_tar) / si
+            z_fe = keep_background(z_fe + (sn - si) * (v_tar - v_src), z_fe, m)
+            store.drop_step(i)
+            if progress is not None:
+                progress.update(1)
+        return z_fe.to(x0.dtype)
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.inner_set_conds({"positive": target, "negative": source})
+    guider.set_cfg(1.0)
+    out = guider.sample(noise, latent.clone(), LoopSampler(loop), sigmas[skip:].clone(), seed=seed,
+                        disable_pbar=True)
+    result = keep_background(out.to(latent.dtype).cpu(), latent.cpu(), masks.latent.cpu())
+    return result, store
