@@ -84,8 +84,12 @@ class BackgroundRecord:
             out.append("mask (a different region was painted)")
         if steps is not None and int(steps) != int(fp["steps"]):
             out.append(f"step count ({steps} here, {fp['steps']} in the record)")
-        if sigmas is not None and sigmas_digest(sigmas) != fp["sigmas"]:
-            out.append("sigma schedule (other scheduler, shift or denoise)")
+        if sigmas is not None:
+            n = int(sigmas.numel()) - 1
+            if n != int(fp["steps"]) and steps is None:
+                out.append(f"step count ({n} here, {fp['steps']} in the record)")
+            elif sigmas_digest(sigmas) != fp["sigmas"]:
+                out.append("sigma schedule (other scheduler, shift or denoise)")
         return out
 
     def converted(self, storage: str | None = None, device=None) -> "BackgroundRecord":

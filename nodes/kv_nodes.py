@@ -83,8 +83,9 @@ def describe(record: BackgroundRecord) -> str:
 
 
 def _check_record(record: BackgroundRecord, node: str, model=None, skip: int | None = None, latent=None,
-                  mask=None):
+                  mask=None, sigmas=None):
     problems = record.mismatches(model=ke.model_fingerprint(model) if model is not None else None,
+                                 sigmas=sigmas.float().cpu().flatten() if sigmas is not None else None,
                                  latent_shape=list(latent["samples"].shape) if latent is not None else None,
                                  latent_mask=_masks(mask, record.source_latent, node).latent if mask is not None
                                  else None)
@@ -181,17 +182,19 @@ class KVEditSampler(io.ComfyNode):
                 io.Latent.Input("latent", optional=True, tooltip="Optional: the source latent, checked against "
                                                                   "the record."),
                 io.Mask.Input("mask", optional=True, tooltip="Optional: the mask, checked against the record."),
+                io.Sigmas.Input("sigmas", optional=True, tooltip="Optional: the schedule, checked against the "
+                                                                  "record (the record's own is used)."),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The edited latent; background bit-exact the source.")],
         )
 
     @classmethod
     def execute(cls, model, background_kv, conditioning, seed, skip_steps, reinit, attn_scale, mode,
-                noise=None, latent=None, mask=None) -> io.NodeOutput:
+                noise=None, latent=None, mask=None, sigmas=None) -> io.NodeOutput:
         node = "KVEditSampler"
         _flux(model, node)
         rec = background_kv
-        _check_record(rec, node, model=model, skip=skip_steps, latent=latent, mask=mask)
+        _check_record(rec, node, model=model, skip=skip_steps, latent=latent, mask=mask, sigmas=sigmas)
         noise_t = noise.generate_noise({"samples": rec.source_latent}) if noise is not None else None
         pbar = comfy.utils.ProgressBar(rec.steps - skip_steps)
         out = ke.edit(model, rec, conditioning, skip_steps, seed=seed, attn_scale=attn_scale, reinit=reinit,
