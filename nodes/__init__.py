@@ -4,8 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_region import EditRegionPreview
+from .kv_nodes import NODES as KV_EDIT_NODES
 
 
 class PreciseEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [EditRegionPreview]
+        return [EditRegionPreview, *KV_EDIT_NODES]

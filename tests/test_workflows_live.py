@@ -13,11 +13,21 @@ import pytest
 
 from conftest import COMFYUI_PATH, HELPERS_DIR, PACK_DIR
 from harness.comfy_server import ComfyServer
-from harness.fixtures_swap import swap_loaders, write_input_images
+from harness.fixtures_swap import provide_saved_records, swap_loaders, write_input_images
 from harness.workflow_api import WorkflowError, output_node_ids, ui_to_api
 
 WORKFLOWS = sorted((PACK_DIR / "workflows").glob("*.json"))
-PACK_NODES = {"EditRegionPreview"}
+
+
+def _pack_nodes() -> set[str]:
+    import asyncio
+
+    from precise_edit.nodes import PreciseEditExtension
+
+    return {n.GET_SCHEMA().node_id for n in asyncio.run(PreciseEditExtension().get_node_list())}
+
+
+PACK_NODES = _pack_nodes()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +81,7 @@ def test_workflow_runs(server, object_info, path):
     family = swap_loaders(prompt)
     assert family, f"{path.name}: no model loader to swap"
     write_input_images(prompt, server.base / "input")
+    provide_saved_records(prompt, server.base / "output", server.base / "input")
     entry = server.run_prompt(prompt)
     outputs = entry.get("outputs", {})
     for nid in output_node_ids(prompt, object_info):

@@ -6,7 +6,7 @@ weight initialisation: an unfilled model holds garbage). Text encoders have fixe
 sizes, so a stub CLIP returns deterministic conditioning of the right shape instead.
 
 Families: FLUX.1 dev (guidance embedding), FLUX.1 schnell, FLUX.1 Kontext (the dev
-architecture fed ``reference_latents``), Qwen-Image (Edit), an SD1.5-class UNet, and
+architecture fed ``reference_latents``), Qwen-Image (Edit), SD1.5- and SDXL-class UNets, and
 matching VAEs (TAESD format for FLUX and SD1.5, a narrow Wan 2.1 VAE for Qwen-Image).
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ FLUX_CONTEXT = 64
 FLUX_VEC = 32
 QWEN_CONTEXT = 64
 SD15_CONTEXT = 64
+SDXL_CONTEXT = 64
+SDXL_POOLED = 32  # SDXL's adm input is the pooled text vector + 6 size embeddings of 256
 
 
 def _is_norm_gain(name: str, p: torch.Tensor) -> bool:
@@ -87,6 +89,17 @@ def sd15_config(channels: int = 32) -> dict:
     }
 
 
+def sdxl_config(channels: int = 32) -> dict:
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": SDXL_POOLED + 6 * 256, "num_classes": "sequential",
+        "in_channels": 4, "model_channels": channels, "num_res_blocks": [1, 1], "transformer_depth": [0, 1],
+        "channel_mult": [1, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
+        "context_dim": SDXL_CONTEXT, "num_heads": -1, "num_head_channels": 16, "use_temporal_attention": False,
+        "use_temporal_resblock": False, "transformer_depth_output": [0, 0, 1, 1],
+    }
+
+
 def _patcher(model_config, seed: int, dtype=torch.float32):
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
@@ -111,6 +124,11 @@ def tiny_qwen_image(seed: int = 0, **kw):
 
 def tiny_sd15(seed: int = 0, **kw):
     return _patcher(comfy.supported_models.SD15(sd15_config(**kw)), seed)
+
+
+def tiny_sdxl(seed: int = 0, **kw):
+    """An SDXL-class UNet (adm size/pooled conditioning, linear transformer projections)."""
+    return _patcher(comfy.supported_models.SDXL(sdxl_config(**kw)), seed)
 
 
 def tiny_taesd_vae(latent_channels: int, seed: int = 0):
@@ -150,7 +168,7 @@ class StubCLIP:
     def __init__(self, family: str):
         self.family = family
         self.context, self.pooled = {"flux": (FLUX_CONTEXT, FLUX_VEC), "qwen_image": (QWEN_CONTEXT, None),
-                                     "sd15": (SD15_CONTEXT, None)}[family]
+                                     "sd15": (SD15_CONTEXT, None), "sdxl": (SDXL_CONTEXT, SDXL_POOLED)}[family]
 
     def clone(self):
         return StubCLIP(self.family)
@@ -160,7 +178,7 @@ class StubCLIP:
 
     def _encode(self, text: str):
         gen = torch.Generator().manual_seed(zlib.crc32(f"{self.family}:{text}".encode()))
-        n = 77 if self.family == "sd15" else max(4, min(32, 2 * len(text.split())))
+        n = 77 if self.family in ("sd15", "sdxl") else max(4, min(32, 2 * len(text.split())))
         cond = torch.randn(1, n, self.context, generator=gen)
         pooled = torch.randn(1, self.pooled, generator=gen) if self.pooled else None
         return cond, pooled
@@ -199,4 +217,5 @@ FIXTURES = {
     "flux_kontext": Fixture("flux", lambda seed=0: tiny_flux(seed, guidance=True), lambda: tiny_taesd_vae(16)),
     "qwen_image": Fixture("qwen_image", lambda seed=0: tiny_qwen_image(seed), lambda: tiny_wan_vae()),
     "sd15": Fixture("sd15", lambda seed=0: tiny_sd15(seed), lambda: tiny_taesd_vae(4)),
+    "sdxl": Fixture("sdxl", lambda seed=0: tiny_sdxl(seed), lambda: tiny_taesd_vae(4)),
 }

@@ -30,6 +30,8 @@ def family_from_name(name: str) -> str:
         return "flux_schnell"
     if "flux" in n:
         return "flux_dev"
+    if "xl" in n:
+        return "sdxl"
     return "sd15"
 
 
@@ -74,3 +76,26 @@ def write_input_images(prompt: dict, input_dir: Path, size=(96, 64)) -> list[str
         Image.fromarray(rgba, "RGBA").save(path)
         written.append(name)
     return written
+
+
+def provide_saved_records(prompt: dict, output_dir: Path, input_dir: Path) -> list[str]:
+    """Give every ``LoadBackgroundKV`` the record its workflow names: the newest record an
+    earlier workflow saved (``BackgroundKVCache`` writes to ``output/kv_cache``), copied into
+    the input folder, as a user would do."""
+    import shutil
+
+    provided = []
+    for node in prompt.values():
+        if node["class_type"] != "LoadBackgroundKV":
+            continue
+        name = node["inputs"]["file"]
+        if (input_dir / name).exists():
+            continue
+        saved = sorted(output_dir.rglob("*.bgkv.safetensors"), key=lambda p: p.stat().st_mtime)
+        if not saved:
+            raise RuntimeError(f"no saved background record to provide as {name}: run the workflow that "
+                               f"saves one (BackgroundKVCache) first")
+        (input_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(saved[-1], input_dir / name)
+        provided.append(name)
+    return provided

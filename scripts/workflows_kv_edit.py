@@ -1,0 +1,126 @@
+"""KV-Edit example workflows (FLUX.1-dev): edit with a fresh inversion, and many prompts
+from one saved inversion."""
+from build_workflows import Workflow
+
+SOURCE = "a photo of a cat sitting on a wooden bench in a park"
+TARGET = "a photo of a corgi sitting on a wooden bench in a park"
+
+
+def _flux_loaders(wf: Workflow, x=20):
+    unet = wf.node("UNETLoader", (x, 20), widgets=["flux1-dev.safetensors", "default"],
+                   outputs=[("MODEL", "MODEL")], size=(320, 90))
+    clip = wf.node("DualCLIPLoader", (x, 140), widgets=["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux",
+                                                        "default"],
+                   outputs=[("CLIP", "CLIP")], size=(320, 130))
+    vae = wf.node("VAELoader", (x, 300), widgets=["ae.safetensors"], outputs=[("VAE", "VAE")], size=(320, 60))
+    return unet, clip, vae
+
+
+def _prompt(wf: Workflow, clip, text, guidance, pos, title):
+    enc = wf.node("CLIPTextEncode", pos, widgets=[text], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], title=title, size=(360, 120))
+    wf.link(clip, 0, enc, "clip")
+    g = wf.node("FluxGuidance", (pos[0] + 390, pos[1]), widgets=[guidance], inputs=[("conditioning", "CONDITIONING")],
+                outputs=[("CONDITIONING", "CONDITIONING")], size=(260, 60))
+    wf.link(enc, 0, g, "conditioning")
+    return g
+
+
+def _source_image(wf: Workflow, vae, pos):
+    img = wf.node("LoadImage", pos, widgets=["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                  size=(320, 330))
+    enc = wf.node("VAEEncode", (pos[0], pos[1] + 360), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+                  outputs=[("LATENT", "LATENT")], size=(200, 50))
+    wf.link(img, 0, enc, "pixels")
+    wf.link(vae, 0, enc, "vae")
+    return img, enc
+
+
+def kv_edit_flux_dev() -> Workflow:
+    wf = Workflow("kv_edit_flux_dev")
+    wf.note((20, -230), "**KV-Edit (FLUX.1-dev)**: paint the region to change in Load Image's mask editor. "
+                        "KV-Edit Invert records the background's attention keys/values once; KV-Edit Sampler "
+                        "regenerates only the masked tokens with the target prompt, so everything outside the "
+                        "mask stays bit-exact. Background KV Cache saves the record to output/kv_cache/ "
+                        "(copy it to input/ to reuse it with Load Background KV).")
+    unet, clip, vae = _flux_loaders(wf)
+    img, enc = _source_image(wf, vae, (380, 20))
+    src = _prompt(wf, clip, SOURCE, 1.5, (20, 420), "Source prompt (describes the photo)")
+    tgt = _prompt(wf, clip, TARGET, 5.5, (20, 580), "Target prompt (the edit)")
+    preview = wf.node("EditRegionPreview", (740, -230), inputs=[("model", "MODEL"), ("image", "IMAGE"), ("mask", "MASK")],
+                      outputs=[("overlay", "IMAGE"), ("computed_fraction", "FLOAT")], size=(300, 300))
+    wf.link(unet, 0, preview, "model")
+    wf.link(img, 0, preview, "image")
+    wf.link(img, 1, preview, "mask")
+    show = wf.node("PreviewImage", (1080, -230), inputs=[("images", "IMAGE")], size=(300, 300))
+    wf.link(preview, 0, show, "images")
+    inv = wf.node("KVInvert", (740, 120), widgets=[28, False, "bf16", "cpu"],
+                  inputs=[("model", "MODEL"), ("latent", "LATENT"), ("mask", "MASK"), ("conditioning", "CONDITIONING"),
+                          ("sigmas", "SIGMAS")],
+                  outputs=[("background_kv", "BACKGROUND_KV"), ("inverted", "LATENT")], size=(320, 220))
+    wf.link(unet, 0, inv, "model")
+    wf.link(enc, 0, inv, "latent")
+    wf.link(img, 1, inv, "mask")
+    wf.link(src, 0, inv, "conditioning")
+    cache = wf.node("BackgroundKVCache", (740, 380), widgets=["keep", "cpu", True, "kv_edit"],
+                    inputs=[("background_kv", "BACKGROUND_KV")], outputs=[("stored", "BACKGROUND_KV")],
+                    size=(320, 170))
+    wf.link(inv, 0, cache, "background_kv")
+    smp = wf.node("KVEditSampler", (1100, 120), widgets=[42, "fixed", 4, False, 1.0, "paper"],
+                  inputs=[("model", "MODEL"), ("background_kv", "BACKGROUND_KV"), ("conditioning", "CONDITIONING"),
+                          ("noise", "NOISE"), ("latent", "LATENT"), ("mask", "MASK"), ("sigmas", "SIGMAS")],
+                  outputs=[("edited", "LATENT")], size=(320, 250))
+    wf.link(unet, 0, smp, "model")
+    wf.link(cache, 0, smp, "background_kv")
+    wf.link(tgt, 0, smp, "conditioning")
+    dec = wf.node("VAEDecode", (1460, 120), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                  outputs=[("IMAGE", "IMAGE")], size=(200, 50))
+    wf.link(smp, 0, dec, "samples")
+    wf.link(vae, 0, dec, "vae")
+    paste = wf.node("KVEditPixelPaste", (1460, 220), widgets=[8],
+                    inputs=[("source", "IMAGE"), ("edited", "IMAGE"), ("mask", "MASK")],
+                    outputs=[("image", "IMAGE")], size=(260, 110))
+    wf.link(img, 0, paste, "source")
+    wf.link(dec, 0, paste, "edited")
+    wf.link(img, 1, paste, "mask")
+    save = wf.node("SaveImage", (1760, 120), widgets=["kv_edit"], inputs=[("images", "IMAGE")], size=(320, 330))
+    wf.link(paste, 0, save, "images")
+    return wf
+
+
+def kv_edit_invert_once_many_prompts() -> Workflow:
+    wf = Workflow("kv_edit_invert_once_many_prompts")
+    wf.note((20, -230), "**Invert once, edit many times**: Load Background KV reads a record saved by Background "
+                        "KV Cache (put the file from output/kv_cache/ into input/). Each KV-Edit Sampler tries "
+                        "another prompt, seed or skip count without inverting again, also after a restart. "
+                        "The source image and mask are optional checks that the record fits.")
+    unet, clip, vae = _flux_loaders(wf)
+    img, enc = _source_image(wf, vae, (380, 20))
+    load = wf.node("LoadBackgroundKV", (740, 20), widgets=["kv_edit_00001.bgkv.safetensors", "keep", "cpu"],
+                   outputs=[("background_kv", "BACKGROUND_KV")], size=(340, 130))
+    prompts = [("a photo of a corgi sitting on a wooden bench in a park", 4, 1),
+               ("a photo of a red fox sitting on a wooden bench in a park", 6, 2)]
+    for j, (text, skip, seed) in enumerate(prompts):
+        y = 200 + 330 * j
+        tgt = _prompt(wf, clip, text, 5.5, (20, 420 + 200 * j), f"Target prompt {j + 1}")
+        smp = wf.node("KVEditSampler", (740, y), widgets=[seed, "fixed", skip, False, 1.0, "paper"],
+                      inputs=[("model", "MODEL"), ("background_kv", "BACKGROUND_KV"),
+                              ("conditioning", "CONDITIONING"), ("noise", "NOISE"), ("latent", "LATENT"),
+                              ("mask", "MASK"), ("sigmas", "SIGMAS")],
+                      outputs=[("edited", "LATENT")], size=(320, 250))
+        wf.link(unet, 0, smp, "model")
+        wf.link(load, 0, smp, "background_kv")
+        wf.link(tgt, 0, smp, "conditioning")
+        wf.link(enc, 0, smp, "latent")
+        wf.link(img, 1, smp, "mask")
+        dec = wf.node("VAEDecode", (1100, y), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                      outputs=[("IMAGE", "IMAGE")], size=(200, 50))
+        wf.link(smp, 0, dec, "samples")
+        wf.link(vae, 0, dec, "vae")
+        save = wf.node("SaveImage", (1340, y), widgets=[f"kv_edit_prompt{j + 1}"], inputs=[("images", "IMAGE")],
+                       size=(300, 300))
+        wf.link(dec, 0, save, "images")
+    return wf
+
+
+WORKFLOWS = [kv_edit_flux_dev, kv_edit_invert_once_many_prompts]
