@@ -185,7 +185,7 @@ class KVEditSampler(io.ComfyNode):
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional: the schedule, checked against the "
                                                                   "record (the record's own is used)."),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="The edited latent; background bit-exact the source.")],
+            outputs=[io.Latent.Output("edited", tooltip="The edited latent; background bit-exact the source.")],
         )
 
     @classmethod
@@ -289,7 +289,7 @@ class KVEditInversionFree(io.ComfyNode):
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps)."),
                 io.Noise.Input("noise", optional=True, tooltip="Optional NOISE instead of the seed."),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="Edited latent; background bit-exact the source.")],
+            outputs=[io.Latent.Output("edited", tooltip="Edited latent; background bit-exact the source.")],
         )
 
     @classmethod
@@ -382,7 +382,7 @@ class BackgroundKVCache(io.ComfyNode):
                     io.Boolean.Input("save", default=True, tooltip="Write the record to the output folder."),
                     io.String.Input("filename_prefix", default="kv_edit",
                                     tooltip="File name prefix inside output/kv_cache/.")],
-            outputs=[BackgroundKV.Output("background_kv", tooltip="The (converted) record.")],
+            outputs=[BackgroundKV.Output("stored", tooltip="The (converted) record.")],
         )
 
     @classmethod
