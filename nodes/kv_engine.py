@@ -88,10 +88,10 @@ class InvertResult:
 
 
 def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: torch.Tensor,
-           storage: str = "bf16", cache_device="cpu", mask_guided: bool = False,
+           storage: str = "bf16", cache_device="cpu", mask_guided: bool = False, record_from: int = 0,
            progress: comfy.utils.ProgressBar | None = None) -> InvertResult:
     """Euler inversion from the source latent to ``s_0`` recording background keys/values
-    of every interval (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``)."""
+    of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``)."""
     geo = flux_geometry(model)
     n = int(sigmas.numel()) - 1
     flat = masks.flat[0]
@@ -114,8 +114,9 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
             def record(block, k, v, step=step):
                 store.put(step, block, k, v)
 
-            controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if bg_idx.numel() else None,
-                                        record=record if bg_idx.numel() else None,
+            rec_now = bool(bg_idx.numel()) and i >= record_from
+            controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if rec_now else None,
+                                        record=record if rec_now else None,
                                         guided_fg=flat if mask_guided else None)
             model_wrap(traj[i + 1].to(x0.dtype), sig[i + 1] * s_in, **extra_args)
             v = probe.take()

@@ -97,7 +97,9 @@ def _check_record(record: BackgroundRecord, node: str, model=None, skip: int | N
                              f"{record.steps} steps")
     if skip is not None and record.store.entries and any(
             s not in record.store.steps() for s in range(skip, record.steps)):
-        raise NodeInputError(f"{node}: the record lacks steps {skip}..{record.steps - 1}; invert again")
+        first = min(record.store.steps())
+        raise NodeInputError(f"{node}: the record starts at step {first} (record_from_step); use skip_steps >= "
+                             f"{first} or invert again")
 
 
 class KVInvert(io.ComfyNode):
@@ -125,6 +127,9 @@ class KVInvert(io.ComfyNode):
                 io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
                                tooltip="Where the record lives: CPU memory (moved block by block while "
                                        "editing) or the compute device (fastest, uses VRAM)."),
+                io.Int.Input("record_from_step", default=0, min=0, max=199,
+                             tooltip="The smallest skip_steps you will edit with: earlier steps are not "
+                                     "recorded, which shrinks the record (0 = record every step)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps), e.g. "
                                 "from BasicScheduler; must fall to 0."),
             ],
@@ -136,19 +141,22 @@ class KVInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, mask, conditioning, steps, mask_guided, storage, cache_device,
-                sigmas=None) -> io.NodeOutput:
+                record_from_step=0, sigmas=None) -> io.NodeOutput:
         node = "KVInvert"
         _flux(model, node)
         x = _source(latent, node)
         masks = _masks(mask, x, node)
         s = _sigmas(model, steps, sigmas, node)
+        if record_from_step >= int(s.numel()) - 1:
+            raise NodeInputError(f"{node}: record_from_step must be below the step count ({int(s.numel()) - 1})")
         notes = []
         if bool(masks.tokens.all()):
             notes.append(note(node, "the mask covers every token: nothing to keep, the edit is a plain "
                                     "generation from the inverted latent"))
         pbar = comfy.utils.ProgressBar(int(s.numel()) - 1)
         res = ke.invert(model, x, masks, conditioning, s, storage=storage,
-                        cache_device=_cache_device(cache_device), mask_guided=mask_guided, progress=pbar)
+                        cache_device=_cache_device(cache_device), mask_guided=mask_guided,
+                        record_from=record_from_step, progress=pbar)
         text = "\n".join([describe(res.record)] + notes)
         return io.NodeOutput(res.record, {"samples": res.inverted}, ui={"text": (text,)})
 

@@ -299,6 +299,16 @@ def test_record_for_another_model_latent_or_mask(flux):
         edit(patched, rec)
 
 
+def test_record_from_step_shrinks_the_record(flux):
+    latent, mask = source_latent(), pixel_mask("irregular")
+    full, _, _ = invert(flux, latent, mask, steps=6)
+    part, _, _ = invert(flux, latent, mask, steps=6, record_from_step=2)
+    assert part.store.steps() == [2, 3, 4, 5] and part.store.nbytes() * 6 == full.store.nbytes() * 4
+    assert torch.equal(edit(flux, part, skip=2), edit(flux, full, skip=2))
+    with pytest.raises(NodeInputError, match=r"record starts at step 2 .* use skip_steps >= 2"):
+        edit(flux, part, skip=1)
+
+
 def test_record_for_another_step_count(flux):
     rec, _, _ = invert(flux, source_latent(), pixel_mask("irregular"), steps=6)
     assert "step count (8 here, 6 in the record)" in rec.mismatches(steps=8)[0]
