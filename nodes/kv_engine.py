@@ -87,6 +87,7 @@ class InvertResult:
     inverted: torch.Tensor  # user space latent at s_0
 
 
+@torch.no_grad()
 def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: torch.Tensor,
            storage: str = "bf16", cache_device="cpu", mask_guided: bool = False, record_from: int = 0,
            progress: comfy.utils.ProgressBar | None = None) -> InvertResult:
@@ -202,6 +203,7 @@ def composite(samples: torch.Tensor, record: BackgroundRecord) -> torch.Tensor:
     return keep_background(samples.to(record.source_latent.dtype).cpu(), record.source_latent, record.latent_mask)
 
 
+@torch.no_grad()
 def edit(model, record: BackgroundRecord, positive, skip: int, seed: int = 0, attn_scale: float = 0.0,
          reinit: bool = False, authors_mode: bool = False, noise: torch.Tensor | None = None,
          progress: comfy.utils.ProgressBar | None = None) -> torch.Tensor:
@@ -217,6 +219,7 @@ def edit(model, record: BackgroundRecord, positive, skip: int, seed: int = 0, at
     return composite(out, record)
 
 
+@torch.no_grad()
 def inversion_free(model, latent: torch.Tensor, masks: TokenMasks, source, target, sigmas: torch.Tensor,
                    skip: int = 0, seed: int = 0, attn_scale: float = 0.0, storage: str = "bf16",
                    cache_device="cpu", noise: torch.Tensor | None = None,
