@@ -1,16 +1,18 @@
-"""Run ComfyUI's own FLUX on a subset of image tokens, with recorded keys/values.
+"""Run ComfyUI's own FLUX or Qwen-Image on a subset of image tokens, with recorded keys/values.
 
 Installed into a sampling run's ``model_options`` (never into the user's model), through
 ComfyUI's own hooks only:
 
-* a ``post_input`` patch drops image tokens that are not computed, before rotary
-  embeddings (reference tokens of FLUX.1 Kontext are always kept);
+* FLUX: a ``post_input`` patch drops image tokens that are not computed, before rotary
+  embeddings (reference tokens of FLUX.1 Kontext are kept unless the plan says otherwise);
+  Qwen-Image (which has no ``post_input`` hook): a ``dit`` replace of every block drops the
+  rows and the matching rotary embeddings;
 * ``transformer_options["optimized_attention_override"]`` sees q/k/v after RoPE in every
   double and single block: it records background keys/values, appends cached ones (with an
   optional logit bias), or applies KV-Edit's mask-guided pattern; an override that was
   already there is chained, not replaced;
-* a ``dit`` replace of the last single block puts the dropped rows back (as zeros) before
-  the final layer, so the model's output has its usual shape.
+* a ``dit`` replace of the last block (FLUX: last single block) puts the dropped rows back
+  (as zeros) before the final layer, so the model's output has its usual shape.
 
 What one evaluation does is described by a :class:`TokenPlan` that the caller sets on the
 :class:`FluxTokenController` before each model call; with no plan the patches do nothing.
@@ -32,20 +34,29 @@ Block = tuple[str, int]
 class TokenPlan:
     n_img: int                                   # image tokens of the latent (before reference tokens)
     keep: torch.Tensor | None = None             # image-token indices computed; None = all
-    record_idx: torch.Tensor | None = None       # image-token indices whose k/v are recorded
+    keep_ref: bool = True                        # keep the reference tokens (after the image tokens)
+    record_idx: torch.Tensor | None = None       # indices into [image | reference] whose k/v are recorded
+    record_all: bool = False                     # record every image and reference token
     record: Callable[[Block, torch.Tensor, torch.Tensor], None] | None = None
     cached: Callable[[Block, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor] | None] | None = None
     cached_bias: float = 0.0                     # added to the logits of every cached key
     guided_fg: torch.Tensor | None = None        # bool over image tokens: mask-guided attention
 
 
-class FluxTokenController:
-    """Owns the patches; ``plan`` decides what the next model evaluation does."""
+class TokenController:
+    """Owns the patches; ``plan`` decides what the next model evaluation does.
 
-    def __init__(self, n_single_blocks: int):
-        if n_single_blocks < 1:
-            raise ValueError("this FLUX model has no single-stream blocks")
-        self.last_single = n_single_blocks - 1
+    ``arch`` is ``"flux"`` (``n_last``: number of single blocks) or ``"qwen_image"``
+    (``n_last``: number of transformer blocks)."""
+
+    def __init__(self, n_last: int, arch: str = "flux"):
+        if n_last < 1:
+            raise ValueError("this model has no transformer blocks to patch")
+        if arch not in ("flux", "qwen_image"):
+            raise ValueError(f"unsupported architecture {arch}")
+        self.arch = arch
+        self.n_blocks = n_last
+        self.last_single = n_last - 1
         self.plan: TokenPlan | None = None
         self.calls = 0
         self._txt_len = 0
@@ -56,14 +67,25 @@ class FluxTokenController:
     def install(self, model_options: dict) -> dict:
         """Add the patches to ``model_options`` (a sampling run's private copy) and return it."""
         to = model_options.setdefault("transformer_options", {})
-        to.setdefault("patches", {})
-        to["patches"]["post_input"] = to["patches"].get("post_input", []) + [self._post_input]
         previous = to.get("optimized_attention_override")
         to["optimized_attention_override"] = self._make_override(previous)
         replace = to.setdefault("patches_replace", {}).setdefault("dit", {})
-        key = ("single_block", self.last_single)
-        replace[key] = self._make_last_block(replace.get(key))
+        if self.arch == "flux":
+            to.setdefault("patches", {})
+            to["patches"]["post_input"] = to["patches"].get("post_input", []) + [self._post_input]
+            key = ("single_block", self.last_single)
+            replace[key] = self._make_last_block(replace.get(key))
+        else:
+            for i in range(self.n_blocks):
+                key = ("double_block", i)
+                replace[key] = self._make_qwen_block(i, replace.get(key))
         return model_options
+
+    def _keep_indices(self, plan: TokenPlan, device) -> torch.Tensor:
+        parts = [plan.keep.to(device)]
+        if plan.keep_ref:
+            parts.append(torch.arange(plan.n_img, self._n_seq, device=device))
+        return torch.cat(parts)
 
     # -- patches ---------------------------------------------------------------------------
     def _post_input(self, args: dict) -> dict:
@@ -77,8 +99,7 @@ class FluxTokenController:
             return args
         if self._n_seq < plan.n_img:
             raise ValueError(f"the model sees {self._n_seq} image tokens, the plan expects {plan.n_img}")
-        keep = torch.cat((plan.keep.to(img.device),
-                          torch.arange(plan.n_img, self._n_seq, device=img.device)))
+        keep = self._keep_indices(plan, img.device)
         self._keep_seq = keep
         out = dict(args)
         out["img"] = img[:, keep]
@@ -87,14 +108,19 @@ class FluxTokenController:
 
     def _make_override(self, previous):
         def override(func, q, k, v, heads, *args, **kwargs):
+            if args:  # Qwen-Image passes the mask positionally
+                kwargs["mask"], args = args[0], args[1:]
             plan = self.plan
             if plan is not None:
                 to = kwargs.get("transformer_options") or {}
                 block = (to.get("block_type", "double"), int(to.get("block_index", 0)))
                 mask = kwargs.pop("mask", None)
                 if plan.record is not None:
-                    idx = plan.record_idx.to(k.device) + self._txt_len
-                    plan.record(block, k[:, :, idx], v[:, :, idx])
+                    if plan.record_all:
+                        plan.record(block, k[:, :, self._txt_len:], v[:, :, self._txt_len:])
+                    else:
+                        idx = plan.record_idx.to(k.device) + self._txt_len
+                        plan.record(block, k[:, :, idx], v[:, :, idx])
                 if plan.guided_fg is not None:
                     guided = mask_guided_bias(self._txt_len, plan.guided_fg, self._n_seq - plan.n_img,
                                               q.dtype, q.device)
@@ -119,7 +145,7 @@ class FluxTokenController:
             keep = self._keep_seq
             if keep is None:
                 return out
-            img = out["img"]
+            img = out["img"]  # FLUX single blocks carry [text | image]
             full = img.new_zeros(img.shape[0], self._txt_len + self._n_seq, img.shape[2])
             full[:, :self._txt_len] = img[:, :self._txt_len]
             full[:, self._txt_len + keep] = img[:, self._txt_len:]
@@ -128,6 +154,39 @@ class FluxTokenController:
             return out
 
         return last_block
+
+    def _make_qwen_block(self, index: int, previous):
+        def block(args: dict, extra: dict) -> dict:
+            args = dict(args)
+            if index == 0:
+                self._txt_len = args["txt"].shape[1]
+                self._n_seq = args["img"].shape[1]
+                self._keep_seq = None
+                self.calls += 1
+                plan = self.plan
+                if plan is not None and plan.keep is not None:
+                    keep = self._keep_indices(plan, args["img"].device)
+                    self._keep_seq = keep
+                    args["img"] = args["img"][:, keep]
+                    self._pe_keep = torch.cat((torch.arange(self._txt_len, device=keep.device),
+                                               self._txt_len + keep))
+            keep = self._keep_seq
+            if keep is not None:
+                args["pe"] = args["pe"][:, :, self._pe_keep]
+            out = previous(args, extra) if previous is not None else extra["original_block"](args)
+            if keep is not None and index == self.n_blocks - 1:
+                img = out["img"]  # Qwen-Image's image stream alone
+                full = img.new_zeros(img.shape[0], self._n_seq, img.shape[2])
+                full[:, keep] = img
+                out = dict(out)
+                out["img"] = full
+            return out
+
+        return block
+
+
+def FluxTokenController(n_single_blocks: int) -> TokenController:  # noqa: N802 - kept for KV-Edit
+    return TokenController(n_single_blocks, "flux")
 
 
 class VelocityProbe:

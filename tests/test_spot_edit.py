@@ -1,0 +1,244 @@
+"""SpotEdit on ComfyUI's own FLUX.1 Kontext and Qwen-Image(-Edit) models (tiny random weights)."""
+import types
+
+import pytest
+import torch
+
+import comfy.sample
+import tiny_models as tm
+from precise_edit.kernels.kv_store import KVStore
+from precise_edit.nodes.common import NodeInputError
+from precise_edit.nodes.flux_tokens import TokenController, TokenPlan
+from precise_edit.nodes.spot_nodes import SpotEditPreview, SpotFusionSampler, SpotSelector
+from precise_edit.nodes.spot_vae import decoder_features
+
+FAMILIES = {"flux": ((1, 16, 8, 12), tm.tiny_flux), "qwen_image": ((1, 16, 1, 8, 12), tm.tiny_qwen_image)}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def setup(request):
+    fam = request.param
+    shape, make = FAMILIES[fam]
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    return types.SimpleNamespace(fam=fam, shape=shape, model=make(0), y=y,
+                                 cond=tm.stub_conditioning(fam, "make the sky red", reference_latents=[y]),
+                                 neg=tm.stub_conditioning(fam, "", reference_latents=[y]))
+
+
+@pytest.fixture(autouse=True)
+def _temp(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path))
+
+
+def sample(s, model, steps=8, cfg=1.0, cond=None, latent=None):
+    noise = torch.randn(s.shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", cond or s.cond, s.neg,
+                                   torch.zeros(s.shape) if latent is None else latent, denoise=1.0, seed=0,
+                                   disable_pbar=True)
+
+
+def region_mask(active_px=(slice(0, 32), slice(0, 48))):
+    m = torch.zeros(1, 64, 96)
+    m[0, active_px[0], active_px[1]] = 1
+    return m
+
+
+def patched(s, selector, warmup=2, reset=0, fusion="cos2"):
+    return SpotFusionSampler.execute(s.model, selector, warmup, reset, fusion).args[0]
+
+
+def test_every_token_active_equals_the_unpatched_model(setup):
+    base = sample(setup, setup.model)
+    sel = SpotSelector.execute("L4", -1.0, 0, "union").args[0]
+    out = sample(setup, patched(setup, sel))
+    assert (out - base).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_settled_tokens_end_bit_exact_on_the_reference(setup, cfg):
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    model = patched(setup, sel)
+    out = sample(setup, model, cfg=cfg)
+    settled = torch.ones(setup.shape, dtype=torch.bool)
+    settled[..., :4, :6] = False  # the mask's 32x48 px = 4x6 latent pixels stay active
+    assert torch.equal(out[settled], setup.y[settled])
+    assert not torch.equal(out[~settled], setup.y[~settled])
+    prev = SpotEditPreview.execute(model, {"samples": out}, -1)
+    frac = prev.args[1]
+    assert frac == pytest.approx((2 * 1.0 + 6 * 0.25) / 8)  # 2 full steps, then 6 of 24 tokens
+    assert "step 2: selective 25.0%" in prev.ui["text"][0]
+    assert prev.args[0].shape == (1, 64, 96, 3)
+
+
+def test_standard_sampler_custom_advanced_path(setup):
+    from comfy_extras.nodes_custom_sampler import (BasicGuider, BasicScheduler, KSamplerSelect, RandomNoise,
+                                                   SamplerCustomAdvanced)
+
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    model = patched(setup, sel)
+    guider = BasicGuider.execute(model, setup.cond).args[0]
+    sigmas = BasicScheduler.execute(model, "simple", 6, 1.0).args[0]
+    with torch.no_grad():
+        out = SamplerCustomAdvanced.execute(RandomNoise.execute(1).args[0], guider,
+                                            KSamplerSelect.execute("euler").args[0], sigmas,
+                                            {"samples": torch.zeros(setup.shape)}).args[0]["samples"]
+    settled = torch.ones(setup.shape, dtype=torch.bool)
+    settled[..., :4, :6] = False
+    assert torch.equal(out[settled], setup.y[settled])
+
+
+def test_selective_steps_compute_fewer_tokens(setup):
+    """Instrument the patches: selective calls see text + active image tokens only."""
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    model = patched(setup, sel, warmup=3, reset=2)
+    seen = []
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    orig = state.controller._make_override
+
+    def spy(previous):
+        inner = orig(previous)
+
+        def override(func, q, k, v, heads, *a, **kw):
+            to = kw.get("transformer_options") or {}
+
+            def attention(q2, k2, v2, *a2, **kw2):  # what the attention kernel really gets
+                if to.get("block_index") == 0 and to.get("block_type") == "double":
+                    seen.append((q2.shape[2], k2.shape[2]))
+                return func(q2, k2, v2, *a2, **kw2)
+            return inner(attention, q, k, v, heads, *a, **kw)
+        return override
+
+    state.controller._make_override = spy
+    sample(setup, model, steps=8)
+    state.controller._make_override = orig
+    full_q = seen[0][0]
+    txt = full_q - 2 * 24  # text + image + reference tokens on full steps
+    kinds = ["full" if q == full_q else "sel" for q, _ in seen]
+    assert kinds == ["full", "full", "full", "sel", "sel", "full", "sel", "full"]  # warmup 3, reset every 2
+    for q, k in seen:
+        if q != full_q:
+            assert q == txt + 6 and k == full_q  # 6 active image tokens; keys: all, from the cache
+
+
+def test_partial_pass_equals_full_pass_on_active_tokens(setup):
+    """Qwen-Image and FLUX: with exact cached keys/values, the active rows are the full rows."""
+    model = setup.model
+    dm = model.model.diffusion_model
+    n = len(dm.single_blocks) if setup.fam == "flux" else len(dm.transformer_blocks)
+    ctl = TokenController(n, "flux" if setup.fam == "flux" else "qwen_image")
+    store = KVStore(storage="fp32")
+    active = torch.zeros(24, dtype=torch.bool)
+    active[[0, 5, 7, 12, 23]] = True
+    outs = {}
+
+    from precise_edit.nodes import kv_engine as ke
+
+    def loop(model_wrap, sig, extra_args, callback, noise, x):
+        ctl.install(extra_args["model_options"])
+        t = sig[0] * x.new_ones(1)
+        ctl.plan = TokenPlan(n_img=24, record_all=True, record=lambda b, k, v: store.put(0, b, k, v))
+        outs["full"] = model_wrap(x, t, **extra_args)
+        idx = active.nonzero().flatten()
+
+        def cached(b, d, dt):
+            k, v = store.get(0, b, d, dt)
+            settled = (~active).nonzero().flatten()
+            return torch.cat((k[:, :, settled], k[:, :, 24:]), 2), torch.cat((v[:, :, settled], v[:, :, 24:]), 2)
+
+        ctl.plan = TokenPlan(n_img=24, keep=idx, keep_ref=False, cached=cached)
+        outs["part"] = model_wrap(x, t, **extra_args)
+        ctl.plan = None
+        return x
+
+    x = torch.randn(setup.shape)
+    with torch.no_grad():
+        ke._guider(model, setup.cond).sample(torch.zeros_like(x), x, ke.LoopSampler(loop), torch.tensor([0.6, 0.0]))
+    grid = active.reshape(4, 6).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    m = grid.view(1, 1, *([1] * (len(setup.shape) - 4)), 8, 12).expand(setup.shape)
+    assert (outs["part"][m] - outs["full"][m]).abs().max() <= 1e-5
+
+
+def test_reference_of_another_size_is_a_clear_error(setup):
+    small = setup.y[..., :6, :8].clone()
+    cond = tm.stub_conditioning(setup.fam, "x", reference_latents=[small])
+    sel = SpotSelector.execute("L4", 0.2, 0, "union").args[0]
+    with pytest.raises(ValueError, match=r"^SpotFusionSampler: the reference latent is 8x6 but the output latent "
+                                         r"is 12x8"):
+        sample(setup, patched(setup, sel), cond=cond)
+    with pytest.raises(ValueError, match="no reference image"):
+        sample(setup, patched(setup, sel), cond=tm.stub_conditioning(setup.fam, "x"))
+
+
+def test_composes_with_easycache(setup):
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    spot_model = patched(setup, sel)
+    both = EasyCacheNode.execute(spot_model, 0.5, 0.0, 1.0, False).args[0]
+    state = both.model_options["transformer_options"]["precise_edit_spot"]
+    calls_before = state.controller.calls
+    out = sample(setup, both, steps=10)
+    calls = state.controller.calls - calls_before
+    settled = torch.ones(setup.shape, dtype=torch.bool)
+    settled[..., :4, :6] = False
+    assert torch.equal(out[settled], setup.y[settled])
+    assert torch.isfinite(out).all()
+    assert calls < 10  # EasyCache skipped some model calls on top of SpotEdit
+
+
+def test_perceptual_judge_on_real_vae_features(setup):
+    vae = tm.tiny_taesd_vae(16) if setup.fam == "flux" else tm.tiny_wan_vae()
+    y = setup.y
+    feats = decoder_features(vae, y)
+    assert len(feats) == 3 and all(torch.isfinite(f).all() for f in feats)
+    sel = SpotSelector.execute("perceptual", 0.2, 0, "union", vae=vae).args[0]
+    assert sel.token_scores(y, y, 2).abs().max() == 0
+    x = y.clone()
+    x[..., 4:6, 8:10] = -3 * x[..., 4:6, 8:10] + 2  # one token changes
+    s = sel.token_scores(x, y, 2)[0]
+    assert s[2, 4] == s.max() and s[2, 4] > 0.05
+    # decoder receptive fields spread the change a little; far tokens score low
+    yy, xx = torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij")
+    dist = torch.maximum((yy - 2).abs(), (xx - 4).abs())
+    assert s[dist >= 3].max() < 0.1 * s[2, 4]
+    from precise_edit.kernels.spot import select_active
+
+    active, _ = select_active(s[None], float(s[2, 4]) * 0.5)
+    assert active[0, 2, 4] and not active[0][dist >= 2].any()
+
+
+def test_kl_decoder_features():
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+
+    dec = Decoder(ch=32, out_ch=3, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=[], in_channels=3,
+                  resolution=64, z_channels=16)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    fsm = types.SimpleNamespace(decoder=dec, post_quant_conv=None)
+    vae = types.SimpleNamespace(first_stage_model=fsm, patcher=None, device="cpu", vae_dtype=torch.float32)
+    import comfy.model_management
+
+    orig = comfy.model_management.load_models_gpu
+    comfy.model_management.load_models_gpu = lambda *a, **k: None
+    try:
+        feats = decoder_features(vae, torch.randn(1, 16, 8, 12))
+    finally:
+        comfy.model_management.load_models_gpu = orig
+    assert [f.shape[-2:] for f in feats] == [(8, 12), (8, 12), (8, 12)]
+
+
+def test_bad_inputs():
+    with pytest.raises(NodeInputError, match=r"^SpotSelector: the perceptual judge needs the VAE"):
+        SpotSelector.execute("perceptual", 0.2, 0, "union")
+    with pytest.raises(NodeInputError, match=r"^SpotSelector: the mask is empty"):
+        SpotSelector.execute("L4", 0.2, 0, "replace", mask=torch.zeros(1, 8, 8))
+    sel = SpotSelector.execute("L4", 0.2, 0, "union").args[0]
+    with pytest.raises(NodeInputError, match=r"^SpotFusionSampler: this model \(BaseModel\) is not supported"):
+        SpotFusionSampler.execute(tm.tiny_sd15(0), sel, 4, 9, "cos2")
+    with pytest.raises(NodeInputError, match="not patched by SpotFusionSampler"):
+        SpotEditPreview.execute(tm.tiny_sd15(0), {"samples": torch.zeros(1, 4, 8, 8)}, -1)

@@ -1,0 +1,78 @@
+"""SpotEdit kernels: scores, selection, fusion schedule, step plan."""
+import math
+
+import pytest
+import torch
+
+from precise_edit.kernels import spot
+
+
+def test_identical_latents_score_zero_and_changes_score_locally():
+    y = torch.randn(1, 16, 8, 12)
+    x = y.clone()
+    x[:, :, 2:4, 6:8] += 3.0  # one 2x2 token changes
+    for fn in (spot.scores_l4, spot.scores_cosine):
+        s0 = fn(y, y, 2)
+        assert s0.shape == (1, 4, 6) and s0.abs().max() < 1e-6
+        s = fn(x, y, 2)
+        assert s[0, 1, 3] > 0.1 and (s[0].flatten().topk(2).values[1] < 1e-6)
+
+
+def test_five_d_latents_are_accepted():
+    y = torch.randn(1, 16, 1, 6, 6)
+    assert spot.scores_l4(y, y, 2).shape == (1, 3, 3)
+    with pytest.raises(ValueError, match="single-frame"):
+        spot.scores_l4(torch.randn(1, 16, 2, 6, 6), torch.randn(1, 16, 2, 6, 6), 2)
+
+
+def test_feature_scores_are_zero_for_identical_features():
+    fa = [torch.randn(1, 8, 8, 12), torch.randn(1, 4, 16, 24)]
+    s = spot.scores_from_features(fa, [f.clone() for f in fa], (8, 12), 2)
+    assert s.shape == (1, 4, 6) and s.abs().max() == 0
+    fb = [f.clone() for f in fa]
+    fb[1][:, :, :4, :4] = -fb[1][:, :, :4, :4]
+    s = spot.scores_from_features(fa, fb, (8, 12), 2)
+    assert s[0, 0, 0] > 0.5 and s[0, 2:, 2:].max() == 0
+
+
+def test_select_active_modes_and_never_all_settled():
+    scores = torch.zeros(1, 3, 3)
+    scores[0, 1, 1] = 0.5
+    act, tau = spot.select_active(scores, 0.2)
+    assert act.sum() == 1 and act[0, 1, 1]
+    act, _ = spot.select_active(scores, 0.2, dilation=1)
+    assert act.all()
+    user = torch.zeros(1, 3, 3, dtype=torch.bool)
+    user[0, 0, 0] = True
+    assert spot.select_active(scores, 0.2, user_mask=user, mode="replace")[0].sum() == 1
+    assert spot.select_active(scores, 0.2, user_mask=user, mode="union")[0].sum() == 2
+    # intersect with no overlap would settle everything: tau is halved, then the top token stays active
+    act, _ = spot.select_active(scores, 0.2, user_mask=user, mode="intersect")
+    assert act.sum() >= 1
+    low = torch.full((1, 2, 2), 0.01)
+    low[0, 0, 1] = 0.05
+    act, tau = spot.select_active(low, 0.2)
+    assert act.any() and tau < 0.05
+    assert spot.select_active(torch.zeros(1, 2, 2), 0.2)[0].sum() == 1
+    assert spot.select_active(torch.zeros(1, 2, 2), -1.0)[0].all()
+
+
+def test_fusion_weight_is_the_papers_cos_squared():
+    assert spot.fusion_weight(1.0) == pytest.approx(0.0, abs=1e-12)
+    assert spot.fusion_weight(0.0) == 1.0
+    assert spot.fusion_weight(0.5) == pytest.approx(math.cos(math.pi / 4) ** 2)
+    assert spot.fusion_weight(0.9, "static") == 1.0
+    k, r = torch.ones(2), torch.zeros(2)
+    assert torch.equal(spot.fuse(k, r, 0.25), torch.full((2,), 0.25))
+
+
+def test_full_steps_follow_warmup_and_reset():
+    full = [i for i in range(50) if spot.is_full_step(i, 4, 9)]
+    assert full == [0, 1, 2, 3, 13, 22, 31, 40, 49]
+    assert [i for i in range(10) if spot.is_full_step(i, 2, 0)] == [0, 1]
+
+
+def test_settled_velocity_lands_on_the_reference():
+    x, y = torch.randn(4), torch.randn(4)
+    v = spot.settled_velocity(x, y, 0.3)
+    assert torch.allclose(x - 0.3 * v, y, atol=1e-6)
