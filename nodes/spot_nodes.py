@@ -85,7 +85,7 @@ class SpotFusionSampler(io.ComfyNode):
                                tooltip="What settled tokens contribute: cos2 (paper: reference features early, "
                                        "cached image features late) or static (cached image features only)."),
             ],
-            outputs=[io.Model.Output("model", tooltip="The patched model for KSampler / SamplerCustomAdvanced.")],
+            outputs=[io.Model.Output("patched", tooltip="The patched model for KSampler / SamplerCustomAdvanced.")],
         )
 
     @classmethod

@@ -18,11 +18,12 @@ class Workflow:
         self.nodes: list[dict] = []
         self.links: list[list] = []
 
-    def node(self, ntype: str, pos, widgets=(), inputs=(), outputs=(), title=None, size=(320, 120)) -> int:
+    def node(self, ntype: str, pos, widgets=(), inputs=(), outputs=(), title=None, size=(320, 120),
+             mode: int = 0) -> int:
         nid = len(self.nodes) + 1
         node = {
             "id": nid, "type": ntype, "pos": list(pos), "size": list(size), "flags": {},
-            "order": nid - 1, "mode": 0,
+            "order": nid - 1, "mode": mode,
             "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
             "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
             "properties": {"Node name for S&R": ntype},

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import COMFYUI_PATH, HELPERS_DIR, PACK_DIR
 from harness.comfy_server import ComfyServer
-from harness.fixtures_swap import provide_saved_records, swap_loaders, write_input_images
+from harness.fixtures_swap import provide_saved_records, shrink_resolution, swap_loaders, write_input_images
 from harness.workflow_api import WorkflowError, output_node_ids, ui_to_api
 
 WORKFLOWS = sorted((PACK_DIR / "workflows").glob("*.json"))
@@ -79,6 +79,7 @@ def test_workflow_runs(server, object_info, path):
     workflow = json.loads(path.read_text())
     prompt = ui_to_api(workflow, object_info)  # fails on a node this ComfyUI does not have
     family = swap_loaders(prompt)
+    shrink_resolution(prompt)
     assert family, f"{path.name}: no model loader to swap"
     write_input_images(prompt, server.base / "input")
     provide_saved_records(prompt, server.base / "output", server.base / "input")

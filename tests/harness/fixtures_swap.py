@@ -99,3 +99,15 @@ def provide_saved_records(prompt: dict, output_dir: Path, input_dir: Path) -> li
         shutil.copy(saved[-1], input_dir / name)
         provided.append(name)
     return provided
+
+
+def shrink_resolution(prompt: dict, megapixels: float = 0.01) -> None:
+    """Keep CI images tiny: nodes that scale images up to about one megapixel for real models
+    (FluxKontextImageScale, ImageScaleToTotalPixels) keep the test image's own size. The
+    graph's wiring is untouched."""
+    for node in prompt.values():
+        if node["class_type"] == "FluxKontextImageScale":
+            node.update(class_type="ImageScaleBy",
+                        inputs={"image": node["inputs"]["image"], "upscale_method": "nearest-exact", "scale_by": 1.0})
+        elif node["class_type"] == "ImageScaleToTotalPixels":
+            node["inputs"]["megapixels"] = megapixels
