@@ -172,15 +172,13 @@ class KVStore:
         out = KVStore(storage=storage, device=device if device is not None else self.device)
         for key in self._order:
             e = self.entries[key]
-            k = _dequantize(e.k, e.k_scale, torch.float32, e.k.device)
-            v = _dequantize(e.v, e.v_scale, torch.float32, e.v.device)
             if storage == self.storage:
-                out.entries[key] = _Entry(e.k.to(out.device, copy=True), e.v.to(out.device, copy=True),
-                                          None if e.k_scale is None else e.k_scale.to(out.device),
-                                          None if e.v_scale is None else e.v_scale.to(out.device))
+                out.entries[key] = _Entry(*(None if t is None else t.to(out.device, copy=True)
+                                            for t in (e.k, e.v, e.k_scale, e.v_scale)))
                 out._order.append(key)
             else:
-                out.put(key[0], key[1], k, v)
+                out.put(key[0], key[1], _dequantize(e.k, e.k_scale, torch.float32, e.k.device),
+                        _dequantize(e.v, e.v_scale, torch.float32, e.v.device))
         out.peak_bytes = out.nbytes()
         return out
 

@@ -335,3 +335,16 @@ def test_loading_a_broken_file_names_the_node(tmp_path):
     (tmp_path / "input" / "bad.bgkv.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: cannot read bad.bgkv.safetensors"):
         LoadBackgroundKV.execute("bad.bgkv.safetensors", "keep", "cpu")
+
+
+def test_cancel_stops_inversion_cleanly(flux):
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            invert(flux, source_latent(), pixel_mask("irregular"))
+    finally:
+        mm.interrupt_current_processing(False)
+    rec, _, _ = invert(flux, source_latent(), pixel_mask("irregular"), steps=3)  # next run is unaffected
+    assert len(rec.store.entries) == 3 * len(rec.blocks)
