@@ -137,21 +137,21 @@ def main():
           f"(= 2 x {r['blocks']} blocks x {args.hidden} x 2 bytes)")
     print()
     print("| cache at FLUX-dev size (57 blocks, hidden 3072), 1024x1024 (4096 tokens), 28 steps | "
-          "bytes/token/step | 25% mask | 50% mask |")
-    print("|---|---|---|---|")
+          "bytes/token/step | 25% mask | 50% mask | 75% mask |")
+    print("|---|---|---|---|---|")
     tokens, steps = 4096, 28
     authors = AUTHORS_BYTES * tokens * steps
-    print(f"| authors (every image token, bf16) | {AUTHORS_BYTES:,} | {authors / 2**30:.1f} GiB | "
-          f"{authors / 2**30:.1f} GiB |")
+    print(f"| authors (every image token, bf16) | {AUTHORS_BYTES:,} | " + " | ".join(
+        [f"{authors / 2**30:.1f} GiB"] * 3) + " |")
     for storage in ("bf16", "fp8"):
         per = bytes_per_token_step(FLUX_DEV_BLOCKS, FLUX_DEV_HIDDEN, storage)
         cells = []
-        for frac in (0.25, 0.5):
+        for frac in (0.25, 0.5, 0.75):
             total = per * tokens * (1 - frac) * steps
             if storage == "fp8":
                 total += 2 * 4 * FLUX_DEV_BLOCKS * steps  # one float32 scale per tensor
             cells.append(f"{total / 2**30:.1f} GiB ({total / authors:.3f} of authors')")
-        print(f"| this pack, background only, {storage} | {per:,} | {cells[0]} | {cells[1]} |")
+        print(f"| this pack, background only, {storage} | {per:,} | " + " | ".join(cells) + " |")
     print()
     print(f"| inversion-free, {args.mem_latent ** 2 // 4} image tokens | peak key/value bytes | peak process RSS |")
     print("|---|---|---|")
