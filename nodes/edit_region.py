@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..kernels.token_mask import MaskError, as_mask_batch, build_token_masks, overlay_image
 from .common import CATEGORY, NodeInputError, note
-from .families import UnsupportedModel, detect_family
+from .families import detect_family
 
 NODE = "EditRegionPreview"
 
@@ -71,10 +71,7 @@ class EditRegionPreview(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, mask) -> io.NodeOutput:
-        try:
-            family = detect_family(model, NODE)
-        except UnsupportedModel as e:
-            raise NodeInputError(str(e)) from None
+        family = detect_family(model, NODE)
         m, notes = match_mask_to_images(mask, image, NODE)
         B, H, W = image.shape[:3]
         latent_hw = (max(1, H // family.downscale), max(1, W // family.downscale))

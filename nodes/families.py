@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .common import NodeInputError
+
 SUPPORTED_TEXT = "FLUX.1 (dev, schnell, Kontext), Qwen-Image (Edit), UNet models (SD1.5, SD2, SDXL)"
 
 
@@ -33,8 +35,8 @@ QWEN_IMAGE = Family("qwen_image", "Qwen-Image", 2, 8, 5)
 UNET = Family("unet", "UNet (SD1.x/SD2/SDXL)", 1, 8, 4)
 
 
-class UnsupportedModel(ValueError):
-    pass
+class UnsupportedModel(NodeInputError):
+    """The model's family is not supported by a node (the message names node and families)."""
 
 
 def model_family_name(model) -> str:

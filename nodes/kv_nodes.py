@@ -16,7 +16,7 @@ from ..kernels.kv_store import STORAGE_TYPES
 from ..kernels.token_mask import MaskError, build_token_masks
 from . import kv_engine as ke
 from .common import CATEGORY, NodeInputError, note
-from .families import FLUX, UnsupportedModel, detect_family
+from .families import FLUX, detect_family
 
 BackgroundKV = io.Custom("BACKGROUND_KV")
 KV_CATEGORY = f"{CATEGORY}/kv-edit"
@@ -27,10 +27,7 @@ KV_SUBFOLDER = "kv_cache"
 
 
 def _flux(model, node: str):
-    try:
-        return detect_family(model, node, allowed=(FLUX,))
-    except UnsupportedModel as e:
-        raise NodeInputError(str(e)) from None
+    return detect_family(model, node, allowed=(FLUX,))
 
 
 def _cache_device(choice: str):

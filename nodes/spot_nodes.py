@@ -8,7 +8,7 @@ from ..kernels import spot
 from ..kernels.token_mask import overlay_image
 from .common import CATEGORY, NodeInputError, note
 from .edit_region import pixel_region
-from .families import FLUX, QWEN_IMAGE, UnsupportedModel, detect_family
+from .families import FLUX, QWEN_IMAGE, detect_family
 from .spot_edit import Selector, patch_model, state_of
 
 SpotSelectorType = io.Custom("SPOT_SELECTOR")
@@ -91,10 +91,7 @@ class SpotFusionSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, selector, warmup_steps, reset_every, fusion) -> io.NodeOutput:
         node = "SpotFusionSampler"
-        try:
-            family = detect_family(model, node, allowed=(FLUX, QWEN_IMAGE))
-        except UnsupportedModel as e:
-            raise NodeInputError(str(e)) from None
+        family = detect_family(model, node, allowed=(FLUX, QWEN_IMAGE))
         patched, _ = patch_model(model, family, selector, warmup_steps, reset_every, fusion)
         return io.NodeOutput(patched)
 
