@@ -77,3 +77,10 @@ def test_api_format_and_unknown_nodes_are_reported():
         ui_to_api({"1": {"class_type": "Save", "inputs": {}}}, OBJECT_INFO)
     with pytest.raises(WorkflowError, match="'Nope'"):
         ui_to_api({"nodes": [node(1, "Nope")], "links": []}, OBJECT_INFO)
+
+
+def test_widgets_added_by_newer_comfyui_take_their_default():
+    info = {"Scale": {"input": {"required": {"image": ["IMAGE", {}], "megapixels": ["FLOAT", {"default": 1.0}],
+                                             "steps": ["INT", {"default": 1}]}}, "output_node": False}}
+    wf = {"nodes": [node(1, "Scale", [0.5])], "links": []}
+    assert ui_to_api(wf, info)["1"]["inputs"] == {"megapixels": 0.5, "steps": 1}

@@ -7,6 +7,8 @@ are stored:
 * ``widgets_values`` (a list in widget order, or a dict by name) fill the widget inputs;
   INT/FLOAT widgets with "control after generate" (``seed``/``noise_seed`` or flagged in
   ``/object_info``) store one extra value, and image-upload combos one more;
+* a widget the file has no value for (added by a newer ComfyUI) takes its default, as the
+  editor does when it loads an older workflow;
 * a linked input takes ``[source_id, slot]``; links are followed through ``Reroute`` nodes,
   bypassed nodes (mode 4: each output passes on the first input of the same type) and
   ``PrimitiveNode`` widgets (their value is inlined);
@@ -55,6 +57,17 @@ def _extra_widget_values(name: str, spec) -> int:
     if kind == "COMBO" and opts.get("control_after_generate"):
         extra += 1
     return extra
+
+
+def _default(spec):
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(spec[0], list) and spec[0]:
+        return spec[0][0]
+    if spec[0] == "COMBO" and opts.get("options"):
+        return opts["options"][0]
+    return None
 
 
 def widget_inputs(info: dict) -> list[tuple[str, list]]:
@@ -131,6 +144,13 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     break
                 inputs[name] = values[i]
                 i += 1 + _extra_widget_values(name, spec)
+        for name, spec in widget_inputs(info):
+            # a widget the saved workflow predates (newer ComfyUI added an input): the editor
+            # gives it its default when loading, so do the same
+            if name not in inputs and name in info.get("input", {}).get("required", {}):
+                default = _default(spec)
+                if default is not None:
+                    inputs[name] = default
         for inp in node.get("inputs") or []:
             if inp.get("link") is None:
                 continue
