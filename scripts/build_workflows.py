@@ -7,6 +7,7 @@ file fails CI. Run: ``python3 scripts/build_workflows.py``.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "workflows"
@@ -48,7 +49,8 @@ class Workflow:
 
     def to_json(self) -> dict:
         return {
-            "id": self.title, "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+            # the editor validates the id as a UUID; a name-based one keeps rebuilt files stable
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-precise-edit/{self.title}")), "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
             "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
             "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}}, "version": 0.4,
         }

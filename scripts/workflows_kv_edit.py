@@ -45,8 +45,8 @@ def kv_edit_flux_dev() -> Workflow:
                         "(copy it to input/ to reuse it with Load Background KV).")
     unet, clip, vae = _flux_loaders(wf)
     img, enc = _source_image(wf, vae, (380, 20))
-    src = _prompt(wf, clip, SOURCE, 1.5, (20, 420), "Source prompt (describes the photo)")
-    tgt = _prompt(wf, clip, TARGET, 5.5, (20, 580), "Target prompt (the edit)")
+    src = _prompt(wf, clip, SOURCE, 1.5, (20, 480), "Source prompt (describes the photo)")
+    tgt = _prompt(wf, clip, TARGET, 5.5, (20, 660), "Target prompt (the edit)")
     preview = wf.node("EditRegionPreview", (740, -230), inputs=[("model", "MODEL"), ("image", "IMAGE"), ("mask", "MASK")],
                       outputs=[("overlay", "IMAGE"), ("computed_fraction", "FLOAT")], size=(300, 300))
     wf.link(unet, 0, preview, "model")
@@ -102,7 +102,7 @@ def kv_edit_invert_once_many_prompts() -> Workflow:
                ("a photo of a red fox sitting on a wooden bench in a park", 6, 2)]
     for j, (text, skip, seed) in enumerate(prompts):
         y = 200 + 330 * j
-        tgt = _prompt(wf, clip, text, 5.5, (20, 420 + 200 * j), f"Target prompt {j + 1}")
+        tgt = _prompt(wf, clip, text, 5.5, (20, 480 + 180 * j), f"Target prompt {j + 1}")
         smp = wf.node("KVEditSampler", (740, y), widgets=[seed, "fixed", skip, False, 1.0, "paper"],
                       inputs=[("model", "MODEL"), ("background_kv", "BACKGROUND_KV"),
                               ("conditioning", "CONDITIONING"), ("noise", "NOISE"), ("latent", "LATENT"),

@@ -104,7 +104,7 @@ def spot_edit_qwen_image_edit() -> Workflow:
     scale = wf.node("ImageScaleToTotalPixels", (380, 460), widgets=["lanczos", 1.0], inputs=[("image", "IMAGE")],
                     outputs=[("IMAGE", "IMAGE")], size=(280, 80))
     wf.link(img, 0, scale, "image")
-    enc = wf.node("VAEEncode", (380, 570), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+    enc = wf.node("VAEEncode", (380, 600), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                   outputs=[("LATENT", "LATENT")], size=(200, 50))
     wf.link(scale, 0, enc, "pixels")
     wf.link(vae, 0, enc, "vae")
