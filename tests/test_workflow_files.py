@@ -1,0 +1,50 @@
+"""Every shipped workflow is a well-formed UI-format graph the ComfyUI editor accepts."""
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_structure(path):
+    wf = json.loads(path.read_text())
+    uuid.UUID(wf["id"])  # the editor's schema requires a UUID
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] >= max(nodes)
+    links = {lk[0]: lk for lk in wf["links"]}
+    assert len(links) == len(wf["links"]) and wf["last_link_id"] >= max(links, default=0)
+    for lid, src, src_slot, dst, dst_slot, ltype in wf["links"]:
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert lid in out["links"] and inp["link"] == lid
+        assert out["type"] == ltype, (path.name, lid)
+        accepted = inp["type"].split(",")  # ComfyUI's multi-type inputs list their types
+        assert ltype in accepted or "*" in accepted, (path.name, lid)
+    for n in wf["nodes"]:
+        for inp in n.get("inputs", []):
+            assert inp["link"] is None or inp["link"] in links
+        for out in n.get("outputs", []):
+            assert all(lk in links for lk in out.get("links") or [])
+
+
+def test_workflows_are_generated_from_scripts():
+    """`python3 scripts/build_workflows.py` reproduces the committed files exactly."""
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("build_workflows", scripts / "build_workflows.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["build_workflows"] = mod
+        spec.loader.exec_module(mod)
+        built = {make().title: make() for make in mod.all_workflows()}
+    finally:
+        sys.path.remove(str(scripts))
+    assert sorted(built) == [p.stem for p in WORKFLOWS]
+    for p in WORKFLOWS:
+        assert json.loads(p.read_text()) == built[p.stem].to_json(), f"{p.name} is stale: rebuild it"
