@@ -42,11 +42,18 @@ def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
     return mask.float()
 
 
-def latent_pixel_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+RESIZE_MODES = ("touched", "bilinear")
+
+
+def latent_pixel_mask(mask: torch.Tensor, latent_hw: tuple[int, int], resize: str = "touched") -> torch.Tensor:
     """Resize a pixel mask to ``latent_hw`` (bilinear) and threshold at ``> 0``.
 
+    ``resize="touched"`` (default) also keeps every latent pixel whose footprint holds a
+    painted pixel; ``"bilinear"`` is plain bilinear, as the KV-Edit authors' code does.
     Returns a bool tensor ``[B, h, w]``.
     """
+    if resize not in RESIZE_MODES:
+        raise MaskError(f"mask resize must be one of {RESIZE_MODES}")
     m = as_mask_batch(mask)
     h, w = int(latent_hw[0]), int(latent_hw[1])
     if h < 1 or w < 1:
@@ -55,6 +62,8 @@ def latent_pixel_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.T
         return m > 0
     m4 = m.unsqueeze(1)
     resized = F.interpolate(m4, size=(h, w), mode="bilinear", align_corners=False)
+    if resize == "bilinear":
+        return resized[:, 0] > 0
     touched = F.adaptive_max_pool2d(m4, (h, w)) if m.shape[-2] >= h and m.shape[-1] >= w else resized
     return ((resized > 0) | (touched > 0))[:, 0]
 
@@ -113,12 +122,12 @@ class TokenMasks:
 
 
 def build_token_masks(mask: torch.Tensor, latent_hw: tuple[int, int], patch: int,
-                      allow_empty: bool = False) -> TokenMasks:
+                      allow_empty: bool = False, resize: str = "touched") -> TokenMasks:
     """Pixel mask -> :class:`TokenMasks` for a latent of ``latent_hw`` and a model patch size.
 
     Raises :class:`MaskError` when a batch item's mask selects nothing, unless ``allow_empty``.
     """
-    latent = latent_pixel_mask(mask, latent_hw)
+    latent = latent_pixel_mask(mask, latent_hw, resize)
     if not allow_empty:
         empty = [i for i in range(latent.shape[0]) if not bool(latent[i].any())]
         if empty:

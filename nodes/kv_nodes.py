@@ -13,7 +13,7 @@ import folder_paths
 
 from ..kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
 from ..kernels.kv_store import STORAGE_TYPES
-from ..kernels.token_mask import MaskError, build_token_masks
+from ..kernels.token_mask import RESIZE_MODES, MaskError, build_token_masks
 from . import kv_engine as ke
 from .common import CATEGORY, NodeInputError, note
 from .families import FLUX, detect_family
@@ -44,12 +44,12 @@ def _source(latent: dict, node: str) -> torch.Tensor:
     return x
 
 
-def _masks(mask: torch.Tensor, latent: torch.Tensor, node: str):
+def _masks(mask: torch.Tensor, latent: torch.Tensor, node: str, resize: str = "touched"):
     m = mask if mask.ndim == 3 else mask.unsqueeze(0)
     if m.ndim != 3 or m.shape[0] != 1:
         raise NodeInputError(f"{node}: give one mask [H, W] for the image (got shape {list(mask.shape)})")
     try:
-        return build_token_masks(m, latent.shape[-2:], FLUX.patch)
+        return build_token_masks(m, latent.shape[-2:], FLUX.patch, resize=resize)
     except MaskError as e:
         raise NodeInputError(f"{node}: {e}") from None
 
@@ -127,6 +127,10 @@ class KVInvert(io.ComfyNode):
                 io.Int.Input("record_from_step", default=0, min=0, max=199,
                              tooltip="The smallest skip_steps you will edit with: earlier steps are not "
                                      "recorded, which shrinks the record (0 = record every step)."),
+                io.Combo.Input("mask_resize", options=list(RESIZE_MODES), default="touched",
+                               tooltip="Pixel mask to latent pixels: touched (bilinear, plus every latent pixel "
+                                       "a brush stroke touches) or bilinear (exactly as the authors' code, for "
+                                       "comparisons with 'authors code' mode)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps), e.g. "
                                 "from BasicScheduler; must fall to 0."),
             ],
@@ -138,11 +142,11 @@ class KVInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, mask, conditioning, steps, mask_guided, storage, cache_device,
-                record_from_step=0, sigmas=None) -> io.NodeOutput:
+                record_from_step=0, mask_resize="touched", sigmas=None) -> io.NodeOutput:
         node = "KVInvert"
         _flux(model, node)
         x = _source(latent, node)
-        masks = _masks(mask, x, node)
+        masks = _masks(mask, x, node, mask_resize)
         s = _sigmas(model, steps, sigmas, node)
         if record_from_step >= int(s.numel()) - 1:
             raise NodeInputError(f"{node}: record_from_step must be below the step count ({int(s.numel()) - 1})")

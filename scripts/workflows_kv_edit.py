@@ -54,7 +54,7 @@ def kv_edit_flux_dev() -> Workflow:
     wf.link(img, 1, preview, "mask")
     show = wf.node("PreviewImage", (1080, -230), inputs=[("images", "IMAGE")], size=(300, 300))
     wf.link(preview, 0, show, "images")
-    inv = wf.node("KVInvert", (740, 120), widgets=[28, False, "bf16", "cpu", 0],
+    inv = wf.node("KVInvert", (740, 120), widgets=[28, False, "bf16", "cpu", 0, "touched"],
                   inputs=[("model", "MODEL"), ("latent", "LATENT"), ("mask", "MASK"), ("conditioning", "CONDITIONING"),
                           ("sigmas", "SIGMAS")],
                   outputs=[("background_kv", "BACKGROUND_KV"), ("inverted", "LATENT")], size=(320, 220))

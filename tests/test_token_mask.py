@@ -149,3 +149,16 @@ def test_kernels_never_import_comfyui():
                 top = n.split(".")[0]
                 assert top not in {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths",
                                    "comfy_execution", "node_helpers"}, f"{f.name} imports {n}"
+
+
+def test_bilinear_resize_matches_the_authors_and_can_drop_thin_strokes():
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 8, 8] = 1.0  # not on rows/columns 3, 4, 11, 12 that bilinear-by-8 reads
+    assert not latent_pixel_mask(mask, (2, 2), "bilinear").any()
+    assert latent_pixel_mask(mask, (2, 2), "touched").sum() == 1
+    blob = torch.zeros(1, 32, 32)
+    blob[0, 5:20, 2:30] = 1.0
+    assert torch.equal(latent_pixel_mask(blob, (4, 4), "bilinear"),
+                       torch.nn.functional.interpolate(blob[:, None], size=(4, 4), mode="bilinear")[:, 0] > 0)
+    with pytest.raises(MaskError, match="resize"):
+        latent_pixel_mask(blob, (4, 4), "nearest")
