@@ -5,7 +5,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.utils

@@ -29,7 +29,7 @@ import comfy.patcher_extension as pe
 
 from ..kernels import spot
 from ..kernels.token_mask import build_token_masks
-from .families import FLUX, QWEN_IMAGE, Family
+from .families import FLUX, Family
 from .flux_tokens import TokenController, TokenPlan
 from .spot_vae import UnsupportedVAE, decoder_features
 

@@ -1,11 +1,9 @@
 """KV-Edit on ComfyUI's own FLUX (tiny random weights): nodes, exactness, files, bad input."""
-import types
 
 import pytest
 import torch
 
 import tiny_models as tm
-from precise_edit.kernels.kv_record import BackgroundRecord
 from precise_edit.kernels.token_mask import build_token_masks
 from precise_edit.nodes import kv_engine as ke
 from precise_edit.nodes.common import NodeInputError

@@ -7,7 +7,6 @@ weight loaders for tiny fixtures, queues it and checks its outputs.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -11,7 +11,6 @@ matching VAEs (TAESD format for FLUX and SD1.5, a narrow Wan 2.1 VAE for Qwen-Im
 """
 from __future__ import annotations
 
-import inspect
 import zlib
 from dataclasses import dataclass
 
@@ -43,10 +42,6 @@ def _fill(module: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
         for name, p in module.named_parameters():
             noise = scale * torch.randn(p.shape, generator=gen, dtype=torch.float32)
             p.copy_((1.0 + noise if _is_norm_gain(name, p) else noise).to(p.dtype))
-
-
-def _accepts(cls, key: str) -> bool:
-    return key in inspect.signature(cls.__init__).parameters
 
 
 def flux_config(hidden: int = 128, heads: int = 2, depth: int = 2, single: int = 2,
