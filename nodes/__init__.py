@@ -6,8 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 from .edit_region import EditRegionPreview
 from .kv_nodes import NODES as KV_EDIT_NODES
 from .spot_nodes import NODES as SPOT_EDIT_NODES
+from .surgery import EditStrengthMap, ExemplarLatentSurgery
 
 
 class PreciseEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [EditRegionPreview, *KV_EDIT_NODES, *SPOT_EDIT_NODES]
+        return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES]
