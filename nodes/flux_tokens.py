@@ -15,7 +15,7 @@ ComfyUI's own hooks only:
   (as zeros) before the final layer, so the model's output has its usual shape.
 
 What one evaluation does is described by a :class:`TokenPlan` that the caller sets on the
-:class:`FluxTokenController` before each model call; with no plan the patches do nothing.
+:class:`TokenController` before each model call; with no plan the patches do nothing.
 On the computed tokens the result equals the full forward to float precision.
 """
 from __future__ import annotations
@@ -184,9 +184,6 @@ class TokenController:
 
         return block
 
-
-def FluxTokenController(n_single_blocks: int) -> TokenController:  # noqa: N802 - kept for KV-Edit
-    return TokenController(n_single_blocks, "flux")
 
 
 class VelocityProbe:

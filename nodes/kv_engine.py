@@ -21,7 +21,7 @@ from ..kernels.kv_attention import euler, keep_background
 from ..kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
 from ..kernels.kv_store import KVStore
 from ..kernels.token_mask import TokenMasks
-from .flux_tokens import FluxTokenController, TokenPlan, VelocityProbe
+from .flux_tokens import TokenController, TokenPlan, VelocityProbe
 
 
 def model_fingerprint(model) -> str:
@@ -98,7 +98,7 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
     flat = masks.flat[0]
     bg_idx = (~flat).nonzero().flatten()
     store = KVStore(storage=storage, device=cache_device)
-    controller = FluxTokenController(geo["n_single"])
+    controller = TokenController(geo["n_single"], "flux")
     probe = VelocityProbe()
     traj: list[torch.Tensor | None] = [None] * (n + 1)
 
@@ -162,7 +162,7 @@ def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, r
         traj = record.trajectory.to(device)
         m = record.latent_mask.to(device)
         dm = model_wrap.inner_model.diffusion_model
-        controller = FluxTokenController(len(dm.single_blocks))
+        controller = TokenController(len(dm.single_blocks), "flux")
         controller.install(extra_args["model_options"])
         start = skip + 1 if authors_mode else skip
         x = traj[min(start, n)].clone()
@@ -240,7 +240,7 @@ def inversion_free(model, latent: torch.Tensor, masks: TokenMasks, source, targe
 
     def loop(model_wrap, sig, extra_args, callback, noise_in, x0):
         mo = extra_args["model_options"]
-        controller = FluxTokenController(geo["n_single"])
+        controller = TokenController(geo["n_single"], "flux")
         controller.install(mo)
         device = x0.device
         m = masks.latent.to(device)

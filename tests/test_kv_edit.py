@@ -7,7 +7,7 @@ import tiny_models as tm
 from precise_edit.kernels.token_mask import build_token_masks
 from precise_edit.nodes import kv_engine as ke
 from precise_edit.nodes.common import NodeInputError
-from precise_edit.nodes.flux_tokens import FluxTokenController, TokenPlan
+from precise_edit.nodes.flux_tokens import TokenController, TokenPlan
 from precise_edit.nodes.kv_nodes import (BackgroundKVCache, KVEditComposite, KVEditCustomSampler,
                                          KVEditInversionFree, KVEditPixelPaste, KVEditSampler, KVInvert,
                                          LoadBackgroundKV)
@@ -112,7 +112,7 @@ def test_partial_forward_equals_full_forward_on_computed_tokens(flux):
     outs = {}
 
     def loop(model_wrap, sig, extra_args, callback, noise, x):
-        ctl = FluxTokenController(len(model_wrap.inner_model.diffusion_model.single_blocks))
+        ctl = TokenController(len(model_wrap.inner_model.diffusion_model.single_blocks), "flux")
         ctl.install(extra_args["model_options"])
         t = sig[0] * x.new_ones(1)
         ctl.plan = TokenPlan(n_img=flat.numel(), record_idx=(~flat).nonzero().flatten(),
@@ -251,6 +251,18 @@ def test_standard_sampler_path_matches_kv_edit_sampler(flux):
     out = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, {"samples": latent["samples"].clone()})
     final = KVEditComposite.execute(out.args[0], rec).args[0]["samples"]
     assert torch.equal(final, edit(flux, rec, skip=2))
+
+
+def test_custom_sampler_refuses_another_model(flux):
+    from comfy_extras.nodes_custom_sampler import BasicGuider, DisableNoise, SamplerCustomAdvanced
+
+    latent = source_latent()
+    rec, _, _ = invert(flux, latent, pixel_mask("irregular"))
+    sampler, sigmas = KVEditCustomSampler.execute(rec, 2, False, 1.0, "paper").args
+    guider = BasicGuider.execute(tm.tiny_flux(3), tgt_cond()).args[0]
+    with pytest.raises(NodeInputError, match=r"^KVEditCustomSampler: the guider's model or latent differ.*model"):
+        SamplerCustomAdvanced.execute(DisableNoise.execute().args[0], guider, sampler, sigmas,
+                                      {"samples": latent["samples"].clone()})
 
 
 def test_full_mask_is_plain_generation(flux):
