@@ -26,22 +26,27 @@ from .flux_tokens import TokenController, TokenPlan, VelocityProbe
 
 def model_fingerprint(model) -> str:
     """Identifies the weights a record was made with: model class and config, a sample of
-    the base weights, and the patches (LoRAs) with their strengths."""
+    the base weights, and the patches (LoRAs) with their strengths.
+
+    ComfyUI applies patches to the weights in place while a model is loaded and restores
+    them when it unloads, so only parameters that no patch touches are sampled: the
+    fingerprint is the same whether or not the model is loaded at the moment."""
     h = hashlib.sha256()
     inner = model.model
     h.update(type(inner).__name__.encode())
     cfg = getattr(getattr(inner, "model_config", None), "unet_config", {}) or {}
     h.update(json.dumps({k: v for k, v in sorted(cfg.items()) if k != "dtype"}, default=str).encode())
-    params = list(inner.diffusion_model.named_parameters())
+    patches = getattr(model, "patches", {}) or {}
+    params = [(n, p) for n, p in inner.diffusion_model.named_parameters() if f"diffusion_model.{n}" not in patches]
     for name, p in params[:2] + params[-2:]:
         h.update(f"{name}{tuple(p.shape)}".encode())
         try:
             h.update(p.detach().flatten()[:256].float().cpu().numpy().tobytes())
         except Exception:  # exotic quantised tensors: shape and name only
             pass
-    for key in sorted(getattr(model, "patches", {}) or {}):
+    for key in sorted(patches):
         h.update(key.encode())
-        for entry in model.patches[key]:
+        for entry in patches[key]:
             h.update(repr((entry[0], entry[2] if len(entry) > 2 else None)).encode())
     return h.hexdigest()[:16]
 

@@ -319,6 +319,23 @@ def test_record_from_step_shrinks_the_record(flux):
         edit(flux, part, skip=1)
 
 
+def test_fingerprint_is_stable_while_patches_are_applied(flux):
+    """ComfyUI writes LoRA deltas into the weights while a model is loaded; the record's
+    model fingerprint must not depend on that."""
+    sd = flux.model.diffusion_model.state_dict()
+    keys = list(sd)
+    patched = flux.clone()
+    patched.add_patches({f"diffusion_model.{k}": (torch.ones_like(sd[k]) * 0.01,) for k in (keys[0], keys[-1])}, 1.0)
+    before = ke.model_fingerprint(patched)
+    assert before != ke.model_fingerprint(flux)
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([patched])  # applies the patches to the weights in place
+    assert ke.model_fingerprint(patched) == before
+    mm.load_models_gpu([flux])  # and this restores them
+    assert ke.model_fingerprint(patched) == before
+
+
 def test_record_for_another_step_count(flux):
     rec, _, _ = invert(flux, source_latent(), pixel_mask("irregular"), steps=6)
     assert "step count (8 here, 6 in the record)" in rec.mismatches(steps=8)[0]
