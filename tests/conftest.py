@@ -50,6 +50,29 @@ _import_pack()
 
 
 @pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests never reach the network (no weights or backbones are downloaded): any
+    connection to an address outside loopback fails the test."""
+    import ipaddress
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def guarded(self, address, *args, **kwargs):
+        host = address[0] if isinstance(address, tuple) else address
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host in ("localhost",) or isinstance(address, (str, bytes))  # unix sockets
+        if not loopback:
+            raise AssertionError(f"test tried to reach the network: {address!r}")
+        return real_connect(self, address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seeded():
     import torch
 

@@ -23,3 +23,10 @@ def test_schema_is_valid_and_documented(node):
 def test_node_ids_are_unique():
     ids = [n.GET_SCHEMA().node_id for n in NODES]
     assert len(ids) == len(set(ids))
+
+
+def test_network_is_blocked_for_tests():
+    import socket
+
+    with pytest.raises(AssertionError, match="reach the network"):
+        socket.create_connection(("93.184.216.34", 80), timeout=1)
