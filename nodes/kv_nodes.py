@@ -388,7 +388,8 @@ class BackgroundKVCache(io.ComfyNode):
                                    tooltip="Convert the keys/values to this type (keep = unchanged)."),
                     io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
                                    tooltip="Where the record lives while editing."),
-                    io.Boolean.Input("save", default=True, tooltip="Write the record to the output folder."),
+                    io.Boolean.Input("save", default=False, tooltip="Write the record to the output folder "
+                                     "(records are large: see the size shown on the node)."),
                     io.String.Input("filename_prefix", default="kv_edit",
                                     tooltip="File name prefix inside output/kv_cache/.")],
             outputs=[BackgroundKV.Output("stored", tooltip="The (converted) record.")],
