@@ -126,7 +126,10 @@ class KVStore:
         pre = self._prefetched.pop(key, None)
         if pre is not None and pre[0] == (device, dtype):
             stream_event, k, v = pre[1]
-            torch.cuda.current_stream(device).wait_event(stream_event)
+            current = torch.cuda.current_stream(device)
+            current.wait_event(stream_event)
+            k.record_stream(current)  # allocated on the side stream, used (and freed) on this one
+            v.record_stream(current)
         else:
             e = self.entries[key]
             k = _dequantize(e.k, e.k_scale, dtype, device).to(dtype)
