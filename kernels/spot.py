@@ -131,8 +131,3 @@ def is_full_step(step: int, warmup: int, reset_every: int) -> bool:
     if step < warmup:
         return True
     return reset_every > 0 and step > warmup and (step - warmup) % reset_every == 0
-
-
-def token_to_latent(tokens: torch.Tensor, patch: int, latent_hw: tuple[int, int]) -> torch.Tensor:
-    up = tokens.bool().repeat_interleave(patch, dim=-2).repeat_interleave(patch, dim=-1)
-    return up[..., : latent_hw[0], : latent_hw[1]]

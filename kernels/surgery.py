@@ -249,6 +249,15 @@ def box_feather(m: torch.Tensor, radius: int) -> torch.Tensor:
     return x[:, 0].clamp(0.0, 1.0)
 
 
+def inner_feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blend weights for pasting an edit back into its source: 1 deep inside the mask,
+    falling to 0 at its border over about ``radius`` pixels, exactly 0 outside."""
+    m = (mask > 0.5).float()
+    if radius <= 0:
+        return m
+    return ((box_feather(m, radius) - 0.5) * 2).clamp(0, 1) * m
+
+
 def grow_feather(m: torch.Tensor, radius: int) -> torch.Tensor:
     """Feather outward: the mask stays exactly 1 where it was 1, and falls linearly to 0 over
     about ``2 r + 1`` pixels outside it (grown by ``r`` with a square max filter, then box

@@ -13,6 +13,7 @@ import folder_paths
 
 from ..kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
 from ..kernels.kv_store import STORAGE_TYPES
+from ..kernels.surgery import inner_feather
 from ..kernels.token_mask import RESIZE_MODES, MaskError, build_token_masks
 from . import kv_engine as ke
 from .common import CATEGORY, NodeInputError, note
@@ -319,16 +320,6 @@ class KVEditInversionFree(io.ComfyNode):
         return io.NodeOutput({"samples": out}, ui={"text": (f"peak key/value memory {_mib(store.peak_bytes)}",)})
 
 
-def feather_weights(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """1 deep inside the mask, falling to 0 at its border over ``radius`` pixels, 0 outside."""
-    m = (mask > 0.5).float()
-    if radius <= 0:
-        return m
-    k = 2 * radius + 1
-    soft = F.avg_pool2d(F.pad(m.unsqueeze(1), (radius,) * 4, mode="replicate"), k, stride=1)[:, 0]
-    return ((soft - 0.5) * 2).clamp(0, 1) * m
-
-
 class KVEditPixelPaste(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -354,7 +345,7 @@ class KVEditPixelPaste(io.ComfyNode):
         if tuple(m.shape[-2:]) != tuple(source.shape[1:3]):
             note(node, "mask resized to the image")
             m = F.interpolate(m.unsqueeze(1).float(), size=source.shape[1:3], mode="bilinear")[:, 0]
-        w = feather_weights(m, feather).unsqueeze(-1).to(edited.dtype)
+        w = inner_feather(m, feather).unsqueeze(-1).to(edited.dtype)
         B = max(source.shape[0], edited.shape[0])
         src = source.expand(B, *source.shape[1:])
         edt = edited.expand(B, *edited.shape[1:])

@@ -28,7 +28,8 @@ import torch
 import comfy.patcher_extension as pe
 
 from ..kernels import spot
-from ..kernels.token_mask import build_token_masks
+from ..kernels.kv_attention import keep_background
+from ..kernels.token_mask import build_token_masks, expand_token_mask
 from .families import FLUX, Family
 from .flux_tokens import TokenController, TokenPlan
 from .spot_vae import UnsupportedVAE, decoder_features
@@ -144,9 +145,8 @@ class SpotState:
             run, self.run, self.last = self.run, None, self.run
             self.controller.plan = None
         if run.last_settled is not None and bool(run.last_settled.any()):
-            m = spot.token_to_latent(run.last_settled.unsqueeze(0), self.family.patch, lat_hw)
-            m = m.view(1, 1, *([1] * (out.ndim - 4)), *lat_hw).to(out.device)
-            out = torch.where(m, run.y_user.to(out.device, out.dtype).expand_as(out), out)
+            settled = expand_token_mask(run.last_settled.unsqueeze(0), self.family.patch, lat_hw)
+            out = keep_background(run.y_user.to(out.device, out.dtype), out, settled)
         return out
 
     # -- DIFFUSION_MODEL -----------------------------------------------------------------
@@ -207,10 +207,9 @@ class SpotState:
                 out = executor(*args, **kwargs)
             finally:
                 self.controller.plan = None
-            settled = spot.token_to_latent((~active).unsqueeze(0), self.family.patch, run.latent_hw)
-            m = settled.view(1, 1, *([1] * (x.ndim - 4)), *run.latent_hw).to(x.device)
+            settled = expand_token_mask((~active).unsqueeze(0), self.family.patch, run.latent_hw)
             v_settled = spot.settled_velocity(x.float(), run.y_model.to(x.device), sigma)
-            out = torch.where(m, v_settled.to(out.dtype), out)
+            out = keep_background(v_settled.to(out.dtype), out, settled)
             run.last_settled = ~active.cpu()
             run.history.append((step, False, active.cpu()))
         run.x0[key] = (x.float() - sigma * out.float()).detach()
