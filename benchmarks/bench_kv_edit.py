@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from precise_edit.kernels.kv_store import bytes_per_token_step  # noqa: E402
 from precise_edit.kernels.token_mask import build_token_masks  # noqa: E402
-from precise_edit.nodes import kv_engine as ke  # noqa: E402
+from precise_edit.nodes.kv_edit import engine as ke  # noqa: E402
 
 FLUX_DEV_BLOCKS, FLUX_DEV_HIDDEN, AUTHORS_BYTES = 57, 3072, 700_416
 
@@ -85,7 +85,7 @@ import conftest, tiny_models as tm
 sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
 from bench_kv_edit import text_cond
 from precise_edit.kernels.token_mask import build_token_masks
-from precise_edit.nodes import kv_engine as ke
+from precise_edit.nodes.kv_edit import engine as ke
 model = tm.tiny_flux(0, hidden={args.hidden}, heads={args.hidden // 128}, depth={args.depth}, single={args.single})
 side = {args.mem_latent}
 latent = torch.randn(1, 16, side, side, generator=torch.Generator().manual_seed(1))

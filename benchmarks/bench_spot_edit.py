@@ -27,7 +27,7 @@ import comfy.sample  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
 from precise_edit.kernels import spot  # noqa: E402
-from precise_edit.nodes.spot_nodes import SpotEditPreview, SpotFusionSampler, SpotSelector  # noqa: E402
+from precise_edit.nodes.spot_edit.nodes import SpotEditPreview, SpotFusionSampler, SpotSelector  # noqa: E402
 
 
 def build(family, args):

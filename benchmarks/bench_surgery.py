@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     import tiny_models as tm
-    from precise_edit.nodes.surgery import surgery
+    from precise_edit.nodes.pixels.patch import surgery
 
     torch.manual_seed(0)
     model = tm.tiny_sd15(seed=0, channels=args.channels)

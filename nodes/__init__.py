@@ -4,9 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_region import EditRegionPreview
-from .kv_nodes import NODES as KV_EDIT_NODES
-from .spot_nodes import NODES as SPOT_EDIT_NODES
-from .surgery import EditStrengthMap, ExemplarLatentSurgery
+from .kv_edit.nodes import NODES as KV_EDIT_NODES
+from .pixels.nodes import EditStrengthMap, ExemplarLatentSurgery
+from .spot_edit.nodes import NODES as SPOT_EDIT_NODES
 
 
 class PreciseEditExtension(ComfyExtension):

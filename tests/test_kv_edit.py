@@ -5,10 +5,10 @@ import torch
 
 import tiny_models as tm
 from precise_edit.kernels.token_mask import build_token_masks
-from precise_edit.nodes import kv_engine as ke
+from precise_edit.nodes.kv_edit import engine as ke
 from precise_edit.nodes.common import NodeInputError
 from precise_edit.nodes.flux_tokens import TokenController, TokenPlan
-from precise_edit.nodes.kv_nodes import (BackgroundKVCache, KVEditComposite, KVEditCustomSampler,
+from precise_edit.nodes.kv_edit.nodes import (BackgroundKVCache, KVEditComposite, KVEditCustomSampler,
                                          KVEditInversionFree, KVEditPixelPaste, KVEditSampler, KVInvert,
                                          LoadBackgroundKV)
 

@@ -9,8 +9,8 @@ import tiny_models as tm
 from precise_edit.kernels.kv_store import KVStore
 from precise_edit.nodes.common import NodeInputError
 from precise_edit.nodes.flux_tokens import TokenController, TokenPlan
-from precise_edit.nodes.spot_nodes import SpotEditPreview, SpotFusionSampler, SpotSelector
-from precise_edit.nodes.spot_vae import decoder_features
+from precise_edit.nodes.spot_edit.nodes import SpotEditPreview, SpotFusionSampler, SpotSelector
+from precise_edit.nodes.spot_edit.vae_features import decoder_features
 
 FAMILIES = {"flux": ((1, 16, 8, 12), tm.tiny_flux), "qwen_image": ((1, 16, 1, 8, 12), tm.tiny_qwen_image)}
 
@@ -134,7 +134,7 @@ def test_partial_pass_equals_full_pass_on_active_tokens(setup):
     active[[0, 5, 7, 12, 23]] = True
     outs = {}
 
-    from precise_edit.nodes import kv_engine as ke
+    from precise_edit.nodes.kv_edit import engine as ke
 
     def loop(model_wrap, sig, extra_args, callback, noise, x):
         ctl.install(extra_args["model_options"])

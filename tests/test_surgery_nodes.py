@@ -10,8 +10,8 @@ import tiny_models as tm
 from comfy_extras.nodes_differential_diffusion import DifferentialDiffusion
 from precise_edit.kernels import surgery as K
 from precise_edit.nodes.common import NodeInputError
-from precise_edit.nodes.surgery import (WRAPPER_KEY, EditStrengthMap, ExemplarLatentSurgery, SurgerySchedule,
-                                        strength_map, surgery)
+from precise_edit.nodes.pixels.nodes import EditStrengthMap, ExemplarLatentSurgery, strength_map
+from precise_edit.nodes.pixels.patch import WRAPPER_KEY, SurgerySchedule, surgery
 
 FAMILIES = ["sd15", "sdxl", "flux_dev", "qwen_image"]  # UNet (SD1.5, SDXL) and DiT (FLUX, Qwen-Image)
 LH, LW = 8, 12            # latent grid of a 96x64 image

@@ -27,12 +27,12 @@ import torch
 
 import comfy.patcher_extension as pe
 
-from ..kernels import spot
-from ..kernels.kv_attention import keep_background
-from ..kernels.token_mask import build_token_masks, expand_token_mask
-from .families import FLUX, Family
-from .flux_tokens import TokenController, TokenPlan
-from .spot_vae import UnsupportedVAE, decoder_features
+from ...kernels import spot
+from ...kernels.kv_attention import keep_background
+from ...kernels.token_mask import build_token_masks, expand_token_mask
+from ..families import FLUX, Family
+from ..flux_tokens import TokenController, TokenPlan
+from .vae_features import UnsupportedVAE, decoder_features
 
 log = logging.getLogger("comfyui-precise-edit")
 KEY = "precise_edit_spot"

@@ -17,11 +17,11 @@ import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
-from ..kernels.kv_attention import euler, keep_background
-from ..kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
-from ..kernels.kv_store import KVStore
-from ..kernels.token_mask import TokenMasks
-from .flux_tokens import TokenController, TokenPlan, VelocityProbe
+from ...kernels.kv_attention import euler, keep_background
+from ...kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
+from ...kernels.kv_store import KVStore
+from ...kernels.token_mask import TokenMasks
+from ..flux_tokens import TokenController, TokenPlan, VelocityProbe
 
 
 def model_fingerprint(model) -> str:

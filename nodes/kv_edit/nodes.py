@@ -11,13 +11,13 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
-from ..kernels.kv_store import STORAGE_TYPES
-from ..kernels.surgery import inner_feather
-from ..kernels.token_mask import RESIZE_MODES, MaskError, build_token_masks
-from . import kv_engine as ke
-from .common import CATEGORY, NodeInputError, note
-from .families import FLUX, detect_family
+from ...kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
+from ...kernels.kv_store import STORAGE_TYPES
+from ...kernels.surgery import inner_feather
+from ...kernels.token_mask import RESIZE_MODES, MaskError, build_token_masks
+from . import engine as ke
+from ..common import CATEGORY, NodeInputError, note
+from ..families import FLUX, detect_family
 
 BackgroundKV = io.Custom("BACKGROUND_KV")
 KV_CATEGORY = f"{CATEGORY}/kv-edit"

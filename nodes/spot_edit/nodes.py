@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..kernels import spot
-from ..kernels.token_mask import overlay_image
-from .common import CATEGORY, NodeInputError, note
-from .edit_region import pixel_region
-from .families import FLUX, QWEN_IMAGE, detect_family
-from .spot_edit import Selector, patch_model, state_of
+from ...kernels import spot
+from ...kernels.token_mask import overlay_image
+from ..common import CATEGORY, NodeInputError, note
+from ..edit_region import pixel_region
+from ..families import FLUX, QWEN_IMAGE, detect_family
+from .patch import Selector, patch_model, state_of
 
 SpotSelectorType = io.Custom("SPOT_SELECTOR")
 SPOT_CATEGORY = f"{CATEGORY}/spot-edit"
