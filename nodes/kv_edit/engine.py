@@ -7,8 +7,6 @@ are plain Python here because ComfyUI's samplers cannot run an inversion to sigm
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
@@ -22,33 +20,7 @@ from ...kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
 from ...kernels.kv_store import KVStore
 from ...kernels.token_mask import TokenMasks
 from ..flux_tokens import TokenController, TokenPlan, VelocityProbe
-
-
-def model_fingerprint(model) -> str:
-    """Identifies the weights a record was made with: model class and config, a sample of
-    the base weights, and the patches (LoRAs) with their strengths.
-
-    ComfyUI applies patches to the weights in place while a model is loaded and restores
-    them when it unloads, so only parameters that no patch touches are sampled: the
-    fingerprint is the same whether or not the model is loaded at the moment."""
-    h = hashlib.sha256()
-    inner = model.model
-    h.update(type(inner).__name__.encode())
-    cfg = getattr(getattr(inner, "model_config", None), "unet_config", {}) or {}
-    h.update(json.dumps({k: v for k, v in sorted(cfg.items()) if k != "dtype"}, default=str).encode())
-    patches = getattr(model, "patches", {}) or {}
-    params = [(n, p) for n, p in inner.diffusion_model.named_parameters() if f"diffusion_model.{n}" not in patches]
-    for name, p in params[:2] + params[-2:]:
-        h.update(f"{name}{tuple(p.shape)}".encode())
-        try:
-            h.update(p.detach().flatten()[:256].float().cpu().numpy().tobytes())
-        except Exception:  # exotic quantised tensors: shape and name only
-            pass
-    for key in sorted(patches):
-        h.update(key.encode())
-        for entry in patches[key]:
-            h.update(repr((entry[0], entry[2] if len(entry) > 2 else None)).encode())
-    return h.hexdigest()[:16]
+from .fingerprint import FingerprintError, model_fingerprint  # noqa: F401 (re-exported)
 
 
 def default_sigmas(model, steps: int) -> torch.Tensor:
@@ -95,13 +67,15 @@ class InvertResult:
 @torch.no_grad()
 def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: torch.Tensor,
            storage: str = "bf16", cache_device="cpu", mask_guided: bool = False, record_from: int = 0,
+           all_tokens: bool = False, mask_resize: str = "touched", fingerprint: str | None = None,
            progress: comfy.utils.ProgressBar | None = None) -> InvertResult:
     """Euler inversion from the source latent to ``s_0`` recording background keys/values
-    of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``)."""
+    of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``).
+    ``all_tokens`` records every image token instead, so any mask can be painted later."""
     geo = flux_geometry(model)
     n = int(sigmas.numel()) - 1
     flat = masks.flat[0]
-    bg_idx = (~flat).nonzero().flatten()
+    bg_idx = torch.arange(flat.numel()) if all_tokens else (~flat).nonzero().flatten()
     store = KVStore(storage=storage, device=cache_device)
     controller = TokenController(geo["n_single"], "flux")
     probe = VelocityProbe()
@@ -136,36 +110,61 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
     inverted = guider.sample(torch.zeros_like(latent), latent, LoopSampler(loop), sigmas.to(latent.device),
                              seed=0, disable_pbar=True)
     trajectory = torch.stack([t.cpu() for t in traj])
-    fingerprint = {"model": model_fingerprint(model), "latent_shape": list(latent.shape),
+    fingerprint = {"model": fingerprint or model_fingerprint(model), "latent_shape": list(latent.shape),
                    "mask": mask_digest(masks.latent), "steps": n, "sigmas": sigmas_digest(sigmas)}
     kv_shape = (1, geo["heads"], int(bg_idx.numel()), geo["head_dim"])
     record = BackgroundRecord(store=store, trajectory=trajectory, source_latent=latent.clone().cpu(),
                               latent_mask=masks.latent.cpu(), token_mask=masks.tokens.cpu(),
                               sigmas=sigmas.float().cpu(), fingerprint=fingerprint, kv_shape=kv_shape,
-                              blocks=geo["blocks"], mask_guided=mask_guided,
-                              info={"hidden": geo["hidden"], "family": "flux"})
+                              blocks=geo["blocks"], mask_guided=mask_guided, all_tokens=all_tokens,
+                              info={"hidden": geo["hidden"], "family": "flux", "mask_resize": mask_resize})
     return InvertResult(record, inverted.cpu())
 
 
+REINIT_FORMS = ("inverted", "clean")
+
+
+def edit_mask_positions(record: BackgroundRecord, token_mask: torch.Tensor) -> torch.Tensor | None:
+    """Positions, inside the record's stored tokens, of the background tokens of an edit mask
+    (``None`` when they are exactly the stored tokens). Raises ``ValueError`` when the
+    edit's background holds a token the record did not store."""
+    stored = record.recorded_tokens
+    bg = (~token_mask.reshape(token_mask.shape[0], -1)[0]).nonzero().flatten()
+    if torch.equal(stored, bg):
+        return None
+    pos = torch.searchsorted(stored, bg)
+    if bg.numel() and (int(pos.max()) >= stored.numel() or not torch.equal(stored[pos], bg)):
+        raise ValueError("the mask keeps tokens the record did not store")
+    return pos
+
+
 def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, reinit: bool = False,
-                 authors_mode: bool = False, progress: comfy.utils.ProgressBar | None = None):
+                 authors_mode: bool = False, progress: comfy.utils.ProgressBar | None = None,
+                 masks: TokenMasks | None = None, reinit_from: str = "inverted"):
     """The SAMPLER loop of KV-Edit's denoising (paper form by default).
 
-    ``noise`` (from ComfyUI's NOISE input) is used only by reinitialisation. Returns the
-    final latent in model space; the caller pastes the exact source background with
-    :func:`composite`.
+    ``noise`` (from ComfyUI's NOISE input) is used only by reinitialisation: ``inverted``
+    (the paper) mixes it with the inverted latent ``z_k``, ``clean`` (the authors' code) with
+    the clean source latent, both by ``s_k``. ``masks`` edits another region than the
+    record's own (its background must lie in the record's stored tokens). Returns the final
+    latent in model space; the caller pastes the exact source background with :func:`composite`.
     """
+    if reinit_from not in REINIT_FORMS:
+        raise ValueError(f"reinit_from must be one of {REINIT_FORMS}")
     n = record.steps
-    flat = record.token_mask.reshape(record.token_mask.shape[0], -1)[0]
+    token_mask = masks.tokens if masks is not None else record.token_mask
+    latent_mask = masks.latent if masks is not None else record.latent_mask
+    flat = token_mask.reshape(token_mask.shape[0], -1)[0]
     fg_idx = flat.nonzero().flatten()
     all_fg = bool(flat.all())
+    positions = None if all_fg else edit_mask_positions(record, token_mask)
 
     def loop(model_wrap, sig, extra_args, callback, noise, latent_image):
         s = record.sigmas
         device = latent_image.device
         dtype = latent_image.dtype
         traj = record.trajectory.to(device)
-        m = record.latent_mask.to(device)
+        m = latent_mask.to(device)
         dm = model_wrap.inner_model.diffusion_model
         controller = TokenController(len(dm.single_blocks), "flux")
         controller.install(extra_args["model_options"])
@@ -173,12 +172,17 @@ def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, r
         x = traj[min(start, n)].clone()
         if reinit:
             sk = float(s[skip])
-            fresh = sk * noise.to(device).float() + (1 - sk) * traj[skip]
+            base = traj[n] if reinit_from == "clean" else traj[skip]
+            fresh = sk * noise.to(device).float() + (1 - sk) * base
             x = keep_background(fresh, x, m)
         s_in = x.new_ones(x.shape[0])
+        pos = positions.to(device) if positions is not None else None
 
         def cached(block, dev, dt, step):
-            return record.store.get(step, block, dev, dt)
+            k, v = record.store.get(step, block, dev, dt)
+            if pos is not None:
+                k, v = k.index_select(2, pos.to(k.device)), v.index_select(2, pos.to(v.device))
+            return k, v
 
         for i in range(skip, n):
             _interrupted()
@@ -203,36 +207,41 @@ def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, r
     return loop
 
 
-def composite(samples: torch.Tensor, record: BackgroundRecord) -> torch.Tensor:
+def composite(samples: torch.Tensor, record: BackgroundRecord, latent_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The edit's result: the source latent, bit-exact, wherever the latent mask is 0."""
-    return keep_background(samples.to(record.source_latent.dtype).cpu(), record.source_latent, record.latent_mask)
+    m = record.latent_mask if latent_mask is None else latent_mask.cpu()
+    return keep_background(samples.to(record.source_latent.dtype).cpu(), record.source_latent, m)
 
 
 @torch.no_grad()
 def edit(model, record: BackgroundRecord, positive, skip: int, seed: int = 0, attn_scale: float = 0.0,
          reinit: bool = False, authors_mode: bool = False, noise: torch.Tensor | None = None,
-         progress: comfy.utils.ProgressBar | None = None) -> torch.Tensor:
-    """Denoise with the record and return the user-space latent (background bit-exact)."""
+         progress: comfy.utils.ProgressBar | None = None, masks: TokenMasks | None = None,
+         reinit_from: str = "inverted") -> torch.Tensor:
+    """Denoise with the record and return the user-space latent (background bit-exact).
+    ``masks``: another edit region served by the same record (see :func:`denoise_loop`)."""
     latent = record.source_latent
     if noise is None:
         gen = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(latent.shape, generator=gen, dtype=torch.float32)
     guider = _guider(model, positive)
-    loop = denoise_loop(record, skip, attn_scale, reinit, authors_mode, progress)
+    loop = denoise_loop(record, skip, attn_scale, reinit, authors_mode, progress, masks=masks,
+                        reinit_from=reinit_from)
     out = guider.sample(noise, latent.clone(), LoopSampler(loop), record.sigmas[skip:].clone(),
                         seed=seed, disable_pbar=True)
-    return composite(out, record)
+    return composite(out, record, None if masks is None else masks.latent)
 
 
 @torch.no_grad()
 def inversion_free(model, latent: torch.Tensor, masks: TokenMasks, source, target, sigmas: torch.Tensor,
                    skip: int = 0, seed: int = 0, attn_scale: float = 0.0, storage: str = "bf16",
-                   cache_device="cpu", noise: torch.Tensor | None = None,
+                   cache_device="cpu", noise: torch.Tensor | None = None, mask_guided: bool = False,
                    progress: comfy.utils.ProgressBar | None = None) -> tuple[torch.Tensor, KVStore]:
     """KV-Edit without inversion: keys/values of one step only, so memory does not grow
     with the number of steps. Two evaluations per step (source on all tokens, target on the
-    foreground). Returns the user-space latent (background bit-exact) and the store, whose
-    ``peak_bytes`` is the most it ever held."""
+    foreground). ``mask_guided`` masks the source evaluation's attention as mask-guided
+    inversion does (the authors' inversion-free demo offers it). Returns the user-space
+    latent (background bit-exact) and the store, whose ``peak_bytes`` is the most it ever held."""
     geo = flux_geometry(model)
     n = int(sigmas.numel()) - 1
     flat = masks.flat[0]
@@ -265,7 +274,8 @@ def inversion_free(model, latent: torch.Tensor, masks: TokenMasks, source, targe
                 store.put(step, block, k, v)
 
             controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if not all_fg else None,
-                                        record=None if all_fg else record)
+                                        record=None if all_fg else record,
+                                        guided_fg=flat if mask_guided and not all_fg else None)
             d_src = comfy.samplers.calc_cond_batch(model_wrap.inner_model, [source_conds], z_src.to(x0.dtype),
                                                    t, mo)[0].float()
             controller.plan = None if all_fg else TokenPlan(

@@ -12,92 +12,17 @@ import comfy.utils
 import folder_paths
 
 from ...kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
-from ...kernels.kv_store import STORAGE_TYPES
 from ...kernels.surgery import inner_feather
-from ...kernels.token_mask import RESIZE_MODES, MaskError, build_token_masks
+from ...kernels.token_mask import RESIZE_MODES
+from . import checks as ck
 from . import engine as ke
-from ..common import CATEGORY, NodeInputError, note
-from ..families import FLUX, detect_family
+from .checks import DEVICE_CHOICES, MODES, RECORD_TOKENS, REINIT_FROM, STORAGE_CHOICES
+from ..common import CATEGORY, NodeInputError, log, note
 
 BackgroundKV = io.Custom("BACKGROUND_KV")
 KV_CATEGORY = f"{CATEGORY}/kv-edit"
-STORAGE_CHOICES = [k for k, v in STORAGE_TYPES.items() if v is not None]
-DEVICE_CHOICES = ["cpu", "compute device"]
-MODES = ["paper", "authors code"]
 KV_SUBFOLDER = "kv_cache"
-
-
-def _flux(model, node: str):
-    return detect_family(model, node, allowed=(FLUX,))
-
-
-def _cache_device(choice: str):
-    return comfy.model_management.get_torch_device() if choice == "compute device" else torch.device("cpu")
-
-
-def _source(latent: dict, node: str) -> torch.Tensor:
-    x = latent["samples"]
-    if x.ndim != 4:
-        raise NodeInputError(f"{node}: expected a FLUX image latent [B, 16, h, w], got shape {list(x.shape)}")
-    if x.shape[0] != 1:
-        raise NodeInputError(f"{node}: the latent holds {x.shape[0]} images; KV-Edit inverts one image at a "
-                             f"time (pick one with 'Latent From Batch')")
-    return x
-
-
-def _masks(mask: torch.Tensor, latent: torch.Tensor, node: str, resize: str = "touched"):
-    m = mask if mask.ndim == 3 else mask.unsqueeze(0)
-    if m.ndim != 3 or m.shape[0] != 1:
-        raise NodeInputError(f"{node}: give one mask [H, W] for the image (got shape {list(mask.shape)})")
-    try:
-        return build_token_masks(m, latent.shape[-2:], FLUX.patch, resize=resize)
-    except MaskError as e:
-        raise NodeInputError(f"{node}: {e}") from None
-
-
-def _sigmas(model, steps: int, sigmas, node: str) -> torch.Tensor:
-    if sigmas is None:
-        return ke.default_sigmas(model, steps)
-    s = sigmas.float().cpu().flatten()
-    if s.numel() < 2 or float(s[-1]) != 0.0 or not bool((s[:-1] > s[1:]).all()):
-        raise NodeInputError(f"{node}: SIGMAS must fall strictly and end at 0 (a full schedule from a "
-                             f"scheduler node with denoise 1.0)")
-    return s
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
-
-
-def describe(record: BackgroundRecord) -> str:
-    hidden = record.info.get("hidden", record.kv_shape[1] * record.kv_shape[3] if record.kv_shape else 0)
-    blocks = len(record.blocks)
-    authors = 2 * blocks * hidden * 2 * record.total_tokens * record.steps
-    kv = record.store.nbytes()
-    ratio = f" = {kv / authors:.1%} of recording every token in bf16" if authors else ""
-    return (f"background keys/values: {_mib(kv)} ({record.store.storage}, on {record.store.device}), "
-            f"{record.background_tokens}/{record.total_tokens} background tokens x {len(record.store.steps())} "
-            f"steps x {blocks} blocks{ratio}; trajectory {_mib(record.trajectory.numel() * 4)}")
-
-
-def _check_record(record: BackgroundRecord, node: str, model=None, skip: int | None = None, latent=None,
-                  mask=None, sigmas=None):
-    problems = record.mismatches(model=ke.model_fingerprint(model) if model is not None else None,
-                                 sigmas=sigmas.float().cpu().flatten() if sigmas is not None else None,
-                                 latent_shape=list(latent["samples"].shape) if latent is not None else None,
-                                 latent_mask=_masks(mask, record.source_latent, node).latent if mask is not None
-                                 else None)
-    if problems:
-        raise NodeInputError(f"{node}: this background record was made for another " + "; another ".join(problems)
-                             + ". Run KVInvert again for this edit, or use the matching inputs.")
-    if skip is not None and not 0 <= skip < record.steps:
-        raise NodeInputError(f"{node}: skip_steps must be between 0 and {record.steps - 1} for a record of "
-                             f"{record.steps} steps")
-    if skip is not None and record.store.entries and any(
-            s not in record.store.steps() for s in range(skip, record.steps)):
-        first = min(record.store.steps())
-        raise NodeInputError(f"{node}: the record starts at step {first} (record_from_step); use skip_steps >= "
-                             f"{first} or invert again")
+PREFIX_MAX = 120
 
 
 class KVInvert(io.ComfyNode):
@@ -134,6 +59,11 @@ class KVInvert(io.ComfyNode):
                                        "comparisons with 'authors code' mode)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps), e.g. "
                                 "from BasicScheduler; must fall to 0."),
+                io.Combo.Input("record_tokens", options=RECORD_TOKENS, default="background", optional=True,
+                               tooltip="background: keys/values of the tokens outside the mask (smallest); the "
+                                       "edit may use this mask or a larger one. every image token: invert once "
+                                       "and repaint the mask freely for each edit (costs total/background "
+                                       "tokens times more; shown on the node). Needs mask_guided off."),
             ],
             outputs=[
                 BackgroundKV.Output("background_kv", tooltip="The background record for KV-Edit samplers."),
@@ -143,23 +73,34 @@ class KVInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, mask, conditioning, steps, mask_guided, storage, cache_device,
-                record_from_step=0, mask_resize="touched", sigmas=None) -> io.NodeOutput:
+                record_from_step=0, mask_resize="touched", sigmas=None, record_tokens="background") -> io.NodeOutput:
         node = "KVInvert"
-        _flux(model, node)
-        x = _source(latent, node)
-        masks = _masks(mask, x, node, mask_resize)
-        s = _sigmas(model, steps, sigmas, node)
+        ck.flux_model(model, node)
+        ck.choice(node, "storage", storage, STORAGE_CHOICES)
+        ck.choice(node, "cache_device", cache_device, DEVICE_CHOICES)
+        ck.choice(node, "record_tokens", record_tokens, RECORD_TOKENS)
+        all_tokens = record_tokens == "every image token"
+        if all_tokens and mask_guided:
+            raise NodeInputError(f"{node}: mask_guided inversion depends on the mask, so its record cannot serve "
+                                 f"other masks; turn mask_guided off or record only the background")
+        x = ck.source(latent, node)
+        notes = []
+        masks = ck.masks(mask, x, node, mask_resize, notes)
+        s = ck.sigmas(model, steps, sigmas, node)
         if record_from_step >= int(s.numel()) - 1:
             raise NodeInputError(f"{node}: record_from_step must be below the step count ({int(s.numel()) - 1})")
-        notes = []
         if bool(masks.tokens.all()):
             notes.append(note(node, "the mask covers every token: nothing to keep, the edit is a plain "
                                     "generation from the inverted latent"))
+        fp = ck.fingerprint(model, node)  # an unreadable model is refused before the long inversion
         pbar = comfy.utils.ProgressBar(int(s.numel()) - 1)
         res = ke.invert(model, x, masks, conditioning, s, storage=storage,
-                        cache_device=_cache_device(cache_device), mask_guided=mask_guided,
-                        record_from=record_from_step, progress=pbar)
-        text = "\n".join([describe(res.record)] + notes)
+                        cache_device=ck.cache_device(cache_device), mask_guided=mask_guided,
+                        record_from=record_from_step, all_tokens=all_tokens, mask_resize=mask_resize,
+                        fingerprint=fp, progress=pbar)
+        ck.finite_tensor(node, "the inversion's trajectory", res.record.trajectory,
+                         "the model produced NaN/inf (check its weights, LoRAs and dtype)")
+        text = "\n".join([ck.describe(res.record)] + notes)
         return io.NodeOutput(res.record, {"samples": res.inverted}, ui={"text": (text,)})
 
 
@@ -191,25 +132,43 @@ class KVEditSampler(io.ComfyNode):
                                                                "the seed, for reinitialisation."),
                 io.Latent.Input("latent", optional=True, tooltip="Optional: the source latent, checked against "
                                                                   "the record."),
-                io.Mask.Input("mask", optional=True, tooltip="Optional: the mask, checked against the record."),
+                io.Mask.Input("mask", optional=True, tooltip="Optional: the region to edit. The record's own "
+                              "mask by default; a larger mask works with any record made without mask_guided, "
+                              "any mask with a record of every image token."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional: the schedule, checked against the "
                                                                   "record (the record's own is used)."),
+                io.Combo.Input("reinit_from", options=list(REINIT_FROM), default="inverted latent (paper)",
+                               optional=True, tooltip="What reinit mixes the noise with, by the first sigma: "
+                               "the inverted latent (the paper) or the clean source latent (the authors' code)."),
             ],
             outputs=[io.Latent.Output("edited", tooltip="The edited latent; background bit-exact the source.")],
         )
 
     @classmethod
     def execute(cls, model, background_kv, conditioning, seed, skip_steps, reinit, attn_scale, mode,
-                noise=None, latent=None, mask=None, sigmas=None) -> io.NodeOutput:
+                noise=None, latent=None, mask=None, sigmas=None,
+                reinit_from="inverted latent (paper)") -> io.NodeOutput:
         node = "KVEditSampler"
-        _flux(model, node)
+        ck.flux_model(model, node)
+        ck.choice(node, "mode", mode, MODES)
+        ck.choice(node, "reinit_from", reinit_from, REINIT_FROM)
+        attn_scale = ck.finite_number(node, "attn_scale", attn_scale)
         rec = background_kv
-        _check_record(rec, node, model=model, skip=skip_steps, latent=latent, mask=mask, sigmas=sigmas)
+        notes = []
+        masks = ck.check_record(rec, node, model=model, skip=skip_steps, latent=latent, mask=mask, sig=sigmas,
+                                notes=notes)
         noise_t = noise.generate_noise({"samples": rec.source_latent}) if noise is not None else None
+        if noise_t is not None:
+            ck.finite_tensor(node, "the noise", noise_t, "use another NOISE input")
+        if masks is not None:
+            notes.append(f"edited with the given mask ({int(masks.flat.sum())} tokens computed; the record's own "
+                         f"mask had {int(rec.token_mask.sum())})")
         pbar = comfy.utils.ProgressBar(rec.steps - skip_steps)
         out = ke.edit(model, rec, conditioning, skip_steps, seed=seed, attn_scale=attn_scale, reinit=reinit,
-                      authors_mode=(mode == "authors code"), noise=noise_t, progress=pbar)
-        return io.NodeOutput({"samples": out})
+                      authors_mode=(mode == "authors code"), noise=noise_t, progress=pbar, masks=masks,
+                      reinit_from=REINIT_FROM[reinit_from])
+        ck.finite_tensor(node, "the edit", out, "the model produced NaN/inf (check its weights and LoRAs)")
+        return io.NodeOutput({"samples": out}, ui={"text": ("\n".join(notes),)} if notes else None)
 
 
 class KVEditCustomSampler(io.ComfyNode):
@@ -237,19 +196,25 @@ class KVEditCustomSampler(io.ComfyNode):
     @classmethod
     def execute(cls, background_kv, skip_steps, reinit, attn_scale, mode) -> io.NodeOutput:
         node = "KVEditCustomSampler"
+        ck.choice(node, "mode", mode, MODES)
+        attn_scale = ck.finite_number(node, "attn_scale", attn_scale)
         rec = background_kv
-        _check_record(rec, node, skip=skip_steps)
+        ck.check_record(rec, node, skip=skip_steps)
         loop = ke.denoise_loop(rec, skip_steps, attn_scale, reinit, mode == "authors code")
 
         def checked(model_wrap, sigmas, extra_args, callback, noise, latent_image):
             patcher = getattr(model_wrap, "model_patcher", None)
             if patcher is not None:
-                _flux(patcher, node)
-                problems = rec.mismatches(model=ke.model_fingerprint(patcher),
+                ck.flux_model(patcher, node)
+                ck.fits_model(rec, patcher, node)
+                problems = rec.mismatches(model=ck.fingerprint(patcher, node),
                                           latent_shape=list(latent_image.shape))
                 if problems:
                     raise NodeInputError(f"{node}: the guider's model or latent differ from the record: "
                                          + "; ".join(problems))
+            ck.finite_tensor(node, "the latent", latent_image, "encode the image again")
+            if reinit:
+                ck.finite_tensor(node, "the noise", noise, "use another NOISE input")
             return loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
 
         return io.NodeOutput(ke.LoopSampler(checked), rec.sigmas[skip_steps:].clone())
@@ -298,26 +263,40 @@ class KVEditInversionFree(io.ComfyNode):
                                tooltip="Storage type of the one-step keys/values."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps)."),
                 io.Noise.Input("noise", optional=True, tooltip="Optional NOISE instead of the seed."),
+                io.Boolean.Input("mask_guided", default=False, optional=True,
+                                 tooltip="Mask the source evaluation's attention (foreground and background "
+                                         "see only themselves and the text), as the authors' demo offers."),
+                io.Combo.Input("mask_resize", options=list(RESIZE_MODES), default="touched", optional=True,
+                               tooltip="Pixel mask to latent pixels: touched (keeps every stroke) or bilinear "
+                                       "(the authors' code)."),
             ],
             outputs=[io.Latent.Output("edited", tooltip="Edited latent; background bit-exact the source.")],
         )
 
     @classmethod
     def execute(cls, model, latent, mask, source, target, steps, skip_steps, seed, attn_scale, storage,
-                sigmas=None, noise=None) -> io.NodeOutput:
+                sigmas=None, noise=None, mask_guided=False, mask_resize="touched") -> io.NodeOutput:
         node = "KVEditInversionFree"
-        _flux(model, node)
-        x = _source(latent, node)
-        masks = _masks(mask, x, node)
-        s = _sigmas(model, steps, sigmas, node)
+        ck.flux_model(model, node)
+        ck.choice(node, "storage", storage, STORAGE_CHOICES)
+        attn_scale = ck.finite_number(node, "attn_scale", attn_scale)
+        x = ck.source(latent, node)
+        notes = []
+        masks = ck.masks(mask, x, node, mask_resize, notes)
+        s = ck.sigmas(model, steps, sigmas, node)
         n = int(s.numel()) - 1
         if not 0 <= skip_steps < n:
             raise NodeInputError(f"{node}: skip_steps must be between 0 and {n - 1}")
         noise_t = noise.generate_noise({"samples": x}) if noise is not None else None
+        if noise_t is not None:
+            ck.finite_tensor(node, "the noise", noise_t, "use another NOISE input")
         out, store = ke.inversion_free(model, x, masks, source, target, s, skip=skip_steps, seed=seed,
                                        attn_scale=attn_scale, storage=storage, noise=noise_t,
+                                       mask_guided=bool(mask_guided),
                                        progress=comfy.utils.ProgressBar(n - skip_steps))
-        return io.NodeOutput({"samples": out}, ui={"text": (f"peak key/value memory {_mib(store.peak_bytes)}",)})
+        ck.finite_tensor(node, "the edit", out, "the model produced NaN/inf (check its weights and LoRAs)")
+        text = "\n".join([f"peak key/value memory {ck.mib(store.peak_bytes)}"] + notes)
+        return io.NodeOutput({"samples": out}, ui={"text": (text,)})
 
 
 class KVEditPixelPaste(io.ComfyNode):
@@ -341,27 +320,64 @@ class KVEditPixelPaste(io.ComfyNode):
         if source.shape[1:3] != edited.shape[1:3]:
             raise NodeInputError(f"{node}: source is {source.shape[2]}x{source.shape[1]} but the edit is "
                                  f"{edited.shape[2]}x{edited.shape[1]}; give images of the same size")
+        if source.shape[0] != edited.shape[0] and 1 not in (source.shape[0], edited.shape[0]):
+            raise NodeInputError(f"{node}: source holds {source.shape[0]} images and the edit {edited.shape[0]}; "
+                                 f"give one source image or as many as edited images")
         m = mask if mask.ndim == 3 else mask.unsqueeze(0)
+        B = max(source.shape[0], edited.shape[0])
+        if m.shape[0] not in (1, B):
+            raise NodeInputError(f"{node}: the mask holds {m.shape[0]} masks for {B} images; give one mask or "
+                                 f"one per image")
+        notes = []
         if tuple(m.shape[-2:]) != tuple(source.shape[1:3]):
-            note(node, "mask resized to the image")
+            msg = ck.mask_size_note(node, m.shape[-2:], source.shape[1:3], scale=1)
+            notes.append(msg)
             m = F.interpolate(m.unsqueeze(1).float(), size=source.shape[1:3], mode="bilinear")[:, 0]
         w = inner_feather(m, feather).unsqueeze(-1).to(edited.dtype)
-        B = max(source.shape[0], edited.shape[0])
         src = source.expand(B, *source.shape[1:])
         edt = edited.expand(B, *edited.shape[1:])
         c = min(src.shape[-1], edt.shape[-1])
         out = torch.where(w > 0, edt[..., :c] * w + src[..., :c] * (1 - w), src[..., :c])
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, ui={"text": ("\n".join(notes),)} if notes else None)
 
 
 def _kv_files() -> list[str]:
-    root = folder_paths.get_input_directory()
+    """Records in the input folder; links that lead outside it are not offered (loading refuses them)."""
+    root = os.path.realpath(folder_paths.get_input_directory())
     found = []
     for dirpath, _, files in os.walk(root):
         for f in files:
-            if f.endswith(FILE_SUFFIX):
-                found.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+            full = os.path.join(dirpath, f)
+            if f.endswith(FILE_SUFFIX) and os.path.realpath(full).startswith(root + os.sep):
+                found.append(os.path.relpath(full, root).replace(os.sep, "/"))
     return sorted(found)
+
+
+def clean_partial_saves() -> list[str]:
+    """Remove ``*.partial`` files a killed save left in output/kv_cache (ComfyUI runs one
+    prompt at a time, so none is being written when this runs). Returns the removed names."""
+    out_dir = os.path.join(folder_paths.get_output_directory(), KV_SUBFOLDER)
+    removed = []
+    if os.path.isdir(out_dir):
+        for f in os.listdir(out_dir):
+            path = os.path.join(out_dir, f)
+            if f.endswith(FILE_SUFFIX + ".partial") and os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+                removed.append(f)
+    return removed
+
+
+def _prefix(node: str, filename_prefix) -> str:
+    text = str(filename_prefix).strip()
+    bad = [c for c in text if c == "\x00" or ord(c) < 32 or c in '/\\:*?"<>|']
+    if bad:
+        raise NodeInputError(f"{node}: filename_prefix holds characters a file name cannot have "
+                             f"({sorted(set(map(repr, bad)))[:4]}); use letters, digits, '-', '_' and '.'")
+    if len(text) > PREFIX_MAX:
+        raise NodeInputError(f"{node}: filename_prefix is {len(text)} characters long; use at most {PREFIX_MAX}")
+    if text in (".", ".."):
+        raise NodeInputError(f"{node}: filename_prefix cannot be {text!r}")
+    return text or "kv_edit"
 
 
 class BackgroundKVCache(io.ComfyNode):
@@ -388,22 +404,35 @@ class BackgroundKVCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, background_kv, storage, cache_device, save, filename_prefix) -> io.NodeOutput:
+        node = "BackgroundKVCache"
+        ck.choice(node, "storage", storage, ["keep"] + STORAGE_CHOICES)
+        ck.choice(node, "cache_device", cache_device, DEVICE_CHOICES)
+        prefix = _prefix(node, filename_prefix) if save else None
         rec = background_kv
         want = None if storage == "keep" else storage
-        device = _cache_device(cache_device)
+        device = ck.cache_device(cache_device)
         if want not in (None, rec.store.storage) or device != rec.store.device:
             rec = rec.converted(storage=want, device=device)
-        lines = [describe(rec)]
+        lines = [ck.describe(rec)]
         if save:
             out_dir = os.path.join(folder_paths.get_output_directory(), KV_SUBFOLDER)
-            os.makedirs(out_dir, exist_ok=True)
-            prefix = os.path.basename(filename_prefix.strip()) or "kv_edit"
-            i = 1
-            while os.path.exists(os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")):
-                i += 1
-            path = os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")
-            rec.save(path)
-            lines.append(f"saved {KV_SUBFOLDER}/{os.path.basename(path)} ({_mib(os.path.getsize(path))})")
+            path = None
+            try:
+                os.makedirs(out_dir, exist_ok=True)
+                removed = clean_partial_saves()
+                if removed:
+                    lines.append(f"removed {len(removed)} unfinished save(s) left by an interrupted run")
+                i = 1
+                while os.path.exists(os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")):
+                    i += 1
+                path = os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")
+                rec.save(path)
+            except OSError as e:
+                if path is not None and os.path.isfile(path + ".partial"):
+                    os.remove(path + ".partial")
+                raise NodeInputError(f"{node}: could not write the record to output/{KV_SUBFOLDER} "
+                                     f"({e.strerror or e}); free disk space or check the folder's permissions") from None
+            lines.append(f"saved {KV_SUBFOLDER}/{os.path.basename(path)} ({ck.mib(os.path.getsize(path))})")
         return io.NodeOutput(rec, ui={"text": ("\n".join(lines),)})
 
 
@@ -426,16 +455,24 @@ class LoadBackgroundKV(io.ComfyNode):
     @classmethod
     def execute(cls, file, storage, cache_device) -> io.NodeOutput:
         node = "LoadBackgroundKV"
+        ck.choice(node, "storage", storage, ["keep"] + STORAGE_CHOICES)
+        ck.choice(node, "cache_device", cache_device, DEVICE_CHOICES)
         root = os.path.realpath(folder_paths.get_input_directory())
         path = os.path.realpath(os.path.join(root, file))
         if not path.startswith(root + os.sep) or not os.path.isfile(path):
             raise NodeInputError(f"{node}: no record named {file!r} in the input folder")
         try:
-            rec = BackgroundRecord.load(path, device=_cache_device(cache_device),
+            rec = BackgroundRecord.load(path, device=ck.cache_device(cache_device),
                                         storage=None if storage == "keep" else storage)
         except RecordError as e:
             raise NodeInputError(f"{node}: {e}") from None
-        return io.NodeOutput(rec, ui={"text": (describe(rec),)})
+        ck.finite_tensor(node, f"{file}'s trajectory", rec.trajectory, "the file is damaged; invert again")
+        ck.finite_tensor(node, f"{file}'s source latent", rec.source_latent, "the file is damaged; invert again")
+        for key, entry in rec.store.entries.items():
+            for t in (entry.k, entry.v):
+                ck.finite_tensor(node, f"{file}'s keys/values (step {key[0]}, {key[1][0]} block {key[1][1]})",
+                                 t.float() if t.element_size() == 1 else t, "the file is damaged; invert again")
+        return io.NodeOutput(rec, ui={"text": (ck.describe(rec),)})
 
     @classmethod
     def fingerprint_inputs(cls, file, storage, cache_device):
@@ -445,3 +482,17 @@ class LoadBackgroundKV(io.ComfyNode):
 
 NODES = [KVInvert, KVEditSampler, KVEditCustomSampler, KVEditComposite, KVEditInversionFree, KVEditPixelPaste,
          BackgroundKVCache, LoadBackgroundKV]
+
+
+def _startup_cleanup() -> None:
+    """At start (this module loads when ComfyUI starts): remove unfinished saves of a killed run."""
+    try:
+        removed = clean_partial_saves()
+    except OSError as e:  # never stop ComfyUI from starting; the next save tries again
+        log.warning("KV-Edit: could not remove unfinished record saves: %s", e)
+        return
+    if removed:
+        log.info("KV-Edit: removed unfinished record saves %s", removed)
+
+
+_startup_cleanup()

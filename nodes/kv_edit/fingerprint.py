@@ -1,0 +1,119 @@
+"""Which weights a KV-Edit record was made with.
+
+A record's keys/values are only valid for the weights that produced them, so KVInvert
+stores a fingerprint of the model and every edit compares it with its own model. The
+fingerprint covers
+
+* the model class and its configuration;
+* every tensor of the diffusion model: name, shape, dtype and a fixed strided sample of
+  ``SAMPLES`` elements (first element, then evenly spaced), read as raw bytes;
+* every patch (LoRAs, ModelMergeSimple, ...): the patched key, strengths, offset and
+  function, and a strided sample of every tensor the patch holds (a LoRA's up/down
+  matrices, a merge's second model weight, ...).
+
+ComfyUI writes patches into the weights in place while a model is loaded and keeps the
+originals in the patcher's ``backup`` (shared by all clones of one model); the base weights
+are read from that backup when present, so the fingerprint is the same whether or not the
+model (or a clone of it) is loaded at the moment.
+
+Anything that cannot be sampled raises :class:`FingerprintError`; the fingerprint never
+silently falls back to a weaker one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+SAMPLES = 512
+_MAX_DEPTH = 12
+
+
+class FingerprintError(ValueError):
+    pass
+
+
+def _raw_sample(t: torch.Tensor, n: int = SAMPLES) -> torch.Tensor:
+    """Up to ``n`` evenly strided elements of ``t`` as CPU bytes (uint8)."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        # wrapper subclasses (quantised layouts): sample every inner tensor
+        names, _ = t.__tensor_flatten__()
+        return torch.cat([_raw_sample(getattr(t, name), n) for name in names]) if names else \
+            torch.zeros(0, dtype=torch.uint8)
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+        t = t.as_subclass(torch.Tensor)  # e.g. GGUF tensors: the raw quantised data
+    flat = t.detach().reshape(-1)
+    count = flat.numel()
+    if count == 0:
+        return torch.zeros(0, dtype=torch.uint8)
+    if count > n:
+        idx = torch.div(torch.arange(n, device=flat.device) * count, n, rounding_mode="floor")
+        flat = flat[idx]
+    sample = flat.cpu().contiguous()
+    if sample.dtype == torch.bool:
+        sample = sample.to(torch.uint8)
+    return sample.view(torch.uint8)
+
+
+def _tensor(h, t: torch.Tensor) -> None:
+    h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
+    h.update(_raw_sample(t).numpy().tobytes())
+
+
+def _value(h, obj, depth: int = 0) -> None:
+    """Hash what a patch holds: tensors by sample, containers element by element."""
+    if depth > _MAX_DEPTH:
+        raise FingerprintError("a model patch is nested too deeply to fingerprint")
+    if isinstance(obj, torch.Tensor):
+        _tensor(h, obj)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(repr(obj).encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"[{len(obj)}".encode())
+        for item in obj:
+            _value(h, item, depth + 1)
+        h.update(b"]")
+    elif isinstance(obj, dict):
+        h.update(f"{{{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _value(h, obj[key], depth + 1)
+        h.update(b"}")
+    elif callable(obj) and hasattr(obj, "__qualname__"):
+        h.update(f"F{getattr(obj, '__module__', '')}.{obj.__qualname__}".encode())
+    elif hasattr(obj, "__dict__"):  # weight adapters (LoRA, LoHa, ...) and similar holders
+        h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
+        _value(h, {k: v for k, v in vars(obj).items() if not k.startswith("_")}, depth + 1)
+    else:
+        raise FingerprintError(f"cannot fingerprint a model patch holding {type(obj).__name__}")
+
+
+def model_fingerprint(model, prefix: str = "diffusion_model.") -> str:
+    """Fingerprint (16 hex digits) of a ComfyUI ``ModelPatcher``'s diffusion model and patches."""
+    h = hashlib.sha256()
+    inner = model.model
+    h.update(type(inner).__name__.encode())
+    cfg = getattr(getattr(inner, "model_config", None), "unet_config", {}) or {}
+    h.update(json.dumps({k: v for k, v in sorted(cfg.items()) if k != "dtype"}, default=str).encode())
+    backup = getattr(model, "backup", {}) or {}
+    hook_backup = getattr(model, "hook_backup", {}) or {}
+    for name, t in inner.diffusion_model.state_dict(keep_vars=True).items():
+        key = prefix + name
+        if key in hook_backup:
+            t = hook_backup[key][0]
+        elif key in backup:
+            t = backup[key].weight
+        h.update(key.encode())
+        try:
+            _tensor(h, t)
+        except FingerprintError:
+            raise
+        except Exception as e:
+            raise FingerprintError(f"cannot read weight {key} ({type(t).__name__}, {e})") from e
+    patches = getattr(model, "patches", {}) or {}
+    for key in sorted(patches):
+        h.update(f"P{key}".encode())
+        for entry in patches[key]:
+            _value(h, list(entry))
+    return h.hexdigest()[:16]
