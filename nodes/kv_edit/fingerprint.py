@@ -74,6 +74,8 @@ def _value(h, obj, depth: int = 0) -> None:
         for item in obj:
             _value(h, item, depth + 1)
         h.update(b"]")
+    elif isinstance(obj, (set, frozenset)):
+        _value(h, sorted(obj, key=repr), depth + 1)
     elif isinstance(obj, dict):
         h.update(f"{{{len(obj)}".encode())
         for key in sorted(obj, key=repr):
