@@ -1,0 +1,224 @@
+"""KV-Edit bad input (issue 8, items 16-19): every case is refused as ``<Node>: <what to change>``
+or handled with a notice, never a stack trace, a NaN edit or a silent default."""
+
+import os
+
+import pytest
+import torch
+
+import tiny_models as tm
+from precise_edit.nodes.common import NodeInputError
+from precise_edit.nodes.kv_edit import engine as ke
+from precise_edit.nodes.kv_edit.nodes import (BackgroundKVCache, KVEditCustomSampler, KVEditInversionFree,
+                                              KVEditPixelPaste, KVEditSampler, KVInvert, LoadBackgroundKV,
+                                              _kv_files, _startup_cleanup)
+
+H, W = 64, 96
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tm.tiny_flux(0)
+
+
+@pytest.fixture(autouse=True)
+def _dirs(tmp_path, monkeypatch):
+    import folder_paths
+
+    for name in ("input", "output", "temp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+
+
+def latent():
+    return {"samples": torch.randn(1, 16, H // 8, W // 8, generator=torch.Generator().manual_seed(1))}
+
+
+def cond(guidance=1.5):
+    return tm.stub_conditioning("flux", "a photo", guidance=guidance)
+
+
+def mask(h=H, w=W):
+    m = torch.zeros(1, h, w)
+    m[0, h // 4: 3 * h // 4, w // 3: 2 * w // 3] = 1
+    return m
+
+
+def invert(model, m=None, lat=None, **kw):
+    args = dict(mask_guided=False, storage="fp32", cache_device="cpu")
+    args.update(kw)
+    return KVInvert.execute(model, lat or latent(), mask() if m is None else m, cond(), 4, **args)
+
+
+@pytest.fixture(scope="module")
+def record(flux):
+    return KVInvert.execute(flux, latent(), mask(), cond(), 4, False, "fp32", "cpu").args[0]
+
+
+def edit(model, rec, **kw):
+    args = dict(seed=0, skip_steps=1, reinit=False, attn_scale=1.0, mode="paper")
+    args.update(kw)
+    return KVEditSampler.execute(model, rec, cond(5.5), **args)
+
+
+def inv_free(model, lat=None, m=None, attn_scale=1.0, **kw):
+    return KVEditInversionFree.execute(model, lat or latent(), mask() if m is None else m, cond(), cond(5.5), 4, 1, 0,
+                                       attn_scale, "fp32", **kw)
+
+
+# -- 16: non-finite input -------------------------------------------------------------------
+
+def test_nan_source_latent_is_refused(flux):
+    bad = latent()
+    bad["samples"][0, 3, 2, 5] = float("nan")
+    with pytest.raises(NodeInputError, match=r"^KVInvert: the source latent holds NaN"):
+        invert(flux, lat=bad)
+    with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: the source latent holds NaN"):
+        inv_free(flux, lat=bad)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_attn_scale_is_refused(flux, record, value):
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: attn_scale must be a finite number"):
+        edit(flux, record, attn_scale=value)
+    with pytest.raises(NodeInputError, match=r"^KVEditCustomSampler: attn_scale must be a finite number"):
+        KVEditCustomSampler.execute(record, 1, False, value, "paper")
+    with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: attn_scale must be a finite number"):
+        inv_free(flux, attn_scale=value)
+
+
+def test_record_with_nan_trajectory_is_refused(flux, record, tmp_path):
+    bad = record.converted()
+    bad.trajectory = record.trajectory.clone()
+    bad.trajectory[2, 0, 1, 3, 3] = float("nan")
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: the record's trajectory holds NaN"):
+        edit(flux, bad)
+    BackgroundKVCache.execute(bad, "keep", "cpu", True, "nan")
+    saved = next((tmp_path / "output" / "kv_cache").glob("nan_*"))
+    (tmp_path / "input" / saved.name).write_bytes(saved.read_bytes())
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: .*trajectory holds NaN"):
+        LoadBackgroundKV.execute(saved.name, "keep", "cpu")
+
+
+# -- 17: messages name the node --------------------------------------------------------------
+
+def test_record_whose_tensors_do_not_fit_the_model(flux):
+    other = tm.tiny_flux(0, hidden=64, heads=2, depth=1, single=1)
+    rec = invert(other).args[0]
+    rec.fingerprint = dict(rec.fingerprint, model=ke.model_fingerprint(flux))  # metadata consistent, tensors not
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: the record's keys/values .* do not fit this model"):
+        edit(flux, rec)
+
+
+def test_record_missing_a_step_is_refused(flux, record):
+    holed = record.converted()
+    holed.store.drop_step(2)
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: the record lacks keys/values for step\(s\) \[2\]"):
+        edit(flux, holed)
+
+
+@pytest.mark.parametrize("prefix,match", [("kv\x00edit", "characters a file name cannot have"),
+                                          ("x" * 300, "300 characters long"),
+                                          ("../up", "characters a file name cannot have")])
+def test_bad_filename_prefix(record, prefix, match):
+    with pytest.raises(NodeInputError, match=rf"^BackgroundKVCache: filename_prefix .*{match}"):
+        BackgroundKVCache.execute(record, "keep", "cpu", True, prefix)
+
+
+def test_unknown_storage_and_device_values(flux, record, tmp_path):
+    with pytest.raises(NodeInputError, match=r"^BackgroundKVCache: storage must be one of"):
+        BackgroundKVCache.execute(record, "int4", "cpu", False, "x")
+    with pytest.raises(NodeInputError, match=r"^BackgroundKVCache: cache_device must be one of"):
+        BackgroundKVCache.execute(record, "keep", "tpu", False, "x")
+    BackgroundKVCache.execute(record, "keep", "cpu", True, "ok")
+    saved = next((tmp_path / "output" / "kv_cache").glob("ok_*"))
+    (tmp_path / "input" / saved.name).write_bytes(saved.read_bytes())
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: storage must be one of .*'int4'"):
+        LoadBackgroundKV.execute(saved.name, "int4", "cpu")
+    with pytest.raises(NodeInputError, match=r"^KVInvert: storage must be one of"):
+        invert(flux, storage="int4")
+    with pytest.raises(NodeInputError, match=r"^KVInvert: cache_device must be one of"):
+        invert(flux, cache_device="gpu")
+    with pytest.raises(NodeInputError, match=r"^KVInvert: mask_resize must be one of"):
+        invert(flux, mask_resize="nearest")
+    with pytest.raises(NodeInputError, match=r"^KVInvert: record_tokens must be one of"):
+        invert(flux, record_tokens="some")
+    with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: storage must be one of"):
+        KVEditInversionFree.execute(flux, latent(), mask(), cond(), cond(), 4, 1, 0, 1.0, "int4")
+
+
+def test_unknown_mode_is_refused(flux, record):
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: mode must be one of"):
+        edit(flux, record, mode="author")
+    with pytest.raises(NodeInputError, match=r"^KVEditCustomSampler: mode must be one of"):
+        KVEditCustomSampler.execute(record, 1, False, 1.0, "papers")
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: reinit_from must be one of"):
+        edit(flux, record, reinit_from="noise")
+
+
+def test_pixel_paste_batch_mismatch():
+    with pytest.raises(NodeInputError, match=r"^KVEditPixelPaste: source holds 2 images and the edit 3"):
+        KVEditPixelPaste.execute(torch.rand(2, 32, 32, 3), torch.rand(3, 32, 32, 3), torch.ones(1, 32, 32), 2)
+    with pytest.raises(NodeInputError, match=r"^KVEditPixelPaste: the mask holds 2 masks for 3 images"):
+        KVEditPixelPaste.execute(torch.rand(1, 32, 32, 3), torch.rand(3, 32, 32, 3), torch.ones(2, 32, 32), 2)
+    out = KVEditPixelPaste.execute(torch.rand(1, 32, 32, 3), torch.rand(3, 32, 32, 3), torch.ones(1, 32, 32), 2)
+    assert out.args[0].shape == (3, 32, 32, 3)
+
+
+def test_easycache_before_kv_edit_is_named(flux, record):
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    cached = EasyCacheNode.execute(flux, 0.2, 0.15, 0.95, False).args[0]
+    with pytest.raises(NodeInputError, match=r"^KVInvert: the model has EasyCache/LazyCache applied.*before the "
+                                             r"EasyCache node"):
+        invert(cached)
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: the model has EasyCache"):
+        edit(cached, record)
+
+
+# -- 18: masks of another size -----------------------------------------------------------------
+
+def test_mask_of_another_size(flux):
+    out = invert(flux, m=mask(H * 2, W * 2))  # same aspect ratio: resized, with a notice on the node
+    assert "KVInvert: the mask (192x128) was resized to the image (96x64)" in out.ui["text"][0]
+    with pytest.raises(NodeInputError, match=r"^KVInvert: the mask is 96x96 but the image is about 96x64 "
+                                             r"\(another aspect ratio\)"):
+        invert(flux, m=mask(96, 96))
+    with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: the mask is 96x96"):
+        inv_free(flux, m=mask(96, 96))
+    ok = KVEditPixelPaste.execute(torch.rand(1, 32, 48, 3), torch.rand(1, 32, 48, 3), torch.ones(1, 64, 96), 2)
+    assert "resized to the image" in ok.ui["text"][0]
+    with pytest.raises(NodeInputError, match=r"^KVEditPixelPaste: the mask is 64x64"):
+        KVEditPixelPaste.execute(torch.rand(1, 32, 48, 3), torch.rand(1, 32, 48, 3), torch.ones(1, 64, 64), 2)
+
+
+# -- 19: leftovers and links -------------------------------------------------------------------
+
+def test_unfinished_saves_are_cleaned(record, tmp_path):
+    kv_dir = tmp_path / "output" / "kv_cache"
+    kv_dir.mkdir(parents=True)
+    left = kv_dir / "kv_edit_00001.bgkv.safetensors.partial"
+    left.write_bytes(b"half a record")
+    keep = kv_dir / "notes.partial"  # not ours
+    keep.write_bytes(b"x")
+    _startup_cleanup()  # what runs when ComfyUI starts
+    assert not left.exists() and keep.exists()
+    left.write_bytes(b"half a record")
+    out = BackgroundKVCache.execute(record, "keep", "cpu", True, "kv_edit")  # and on the next save
+    assert not left.exists() and "removed 1 unfinished save" in out.ui["text"][0]
+    assert sorted(p.name for p in kv_dir.iterdir()) == ["kv_edit_00001.bgkv.safetensors", "notes.partial"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_links_outside_the_input_folder_are_not_listed(tmp_path):
+    outside = tmp_path / "elsewhere.bgkv.safetensors"
+    outside.write_bytes(b"x")
+    inside = tmp_path / "input" / "real.bgkv.safetensors"
+    inside.write_bytes(b"x")
+    os.symlink(outside, tmp_path / "input" / "escape.bgkv.safetensors")
+    os.symlink(inside, tmp_path / "input" / "alias.bgkv.safetensors")
+    assert _kv_files() == ["alias.bgkv.safetensors", "real.bgkv.safetensors"]
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: no record named 'escape"):
+        LoadBackgroundKV.execute("escape.bgkv.safetensors", "keep", "cpu")
