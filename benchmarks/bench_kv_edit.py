@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -76,6 +77,96 @@ def speed(args, model):
             "bytes": rec.store.nbytes(), "n_bg": rec.background_tokens, "blocks": len(rec.blocks)}
 
 
+class AuthorsStyle:
+    """The authors' loop shape on the same ComfyUI model: direct calls of the diffusion model
+    (no guider, no sampler), keys/values of every image token kept by reference in a dict
+    (their ``.cpu()`` is a no-op on the CPU), the background gathered when replayed (their
+    scatter of the foreground into the cached keys costs the same), the Euler updates inline.
+    What ComfyUI's FLUX computes is shared with the pack, so the ratio isolates the pack's own
+    loop overhead (guider, probes, record store, casts)."""
+
+    def __init__(self, model, text_tokens: int):
+        from precise_edit.nodes.flux_tokens import TokenController
+
+        self.dm = model.model.diffusion_model
+        self.ctl = TokenController(len(self.dm.single_blocks), "flux")
+        self.to = {}
+        self.ctl.install({"transformer_options": self.to})
+        self.feature = {}
+
+    def _call(self, x, s, cond):
+        txt, extra = cond[0]
+        return self.dm(x, torch.full((1,), s), txt, y=extra["pooled_output"],
+                       guidance=torch.full((1,), extra["guidance"]), transformer_options=self.to)
+
+    @torch.no_grad()
+    def invert(self, z, sigmas, cond, flat):
+        from precise_edit.nodes.flux_tokens import TokenPlan
+
+        n = sigmas.numel() - 1
+        for i in reversed(range(n)):
+            def rec(block, k, v, i=i):
+                self.feature[(i, block)] = (k, v)
+            self.ctl.plan = TokenPlan(n_img=flat.numel(), record_all=True, record=rec)
+            z = z + (float(sigmas[i]) - float(sigmas[i + 1])) * self._call(z, float(sigmas[i + 1]), cond)
+            self.ctl.plan = None
+            self.feature[i] = z
+        return z
+
+    @torch.no_grad()
+    def denoise(self, x0, sigmas, cond, flat, latent_mask, skip):
+        from precise_edit.nodes.flux_tokens import TokenPlan
+
+        n = sigmas.numel() - 1
+        bg = (~flat).nonzero().flatten()
+        fg = flat.nonzero().flatten()
+        m = latent_mask[:, None]
+        x = self.feature[skip]
+        for i in range(skip, n):
+            def cached(block, dev, dt, i=i):
+                k, v = self.feature[(i, block)]
+                return k[:, :, bg], v[:, :, bg]
+            self.ctl.plan = TokenPlan(n_img=flat.numel(), keep=fg, cached=cached, cached_bias=1.0)
+            v = self._call(x, float(sigmas[i]), cond)
+            self.ctl.plan = None
+            x = torch.where(m, x + (float(sigmas[i + 1]) - float(sigmas[i])) * v, self.feature[i + 1])
+        return torch.where(m, x, x0)
+
+
+def loop_overhead(args, model, runs: int):
+    """Medians of ``runs`` interleaved timings: pack inversion/edit vs the authors-style loop."""
+    side = args.latent
+    user = torch.randn(1, 16, side, side, generator=torch.Generator().manual_seed(1))
+    z = model.model.latent_format.process_in(user.clone())
+    mask = torch.zeros(1, side * 8, side * 8)
+    q = side * 8 // 2
+    mask[0, q // 2: q // 2 + q, q // 2: q // 2 + q] = 1
+    masks = build_token_masks(mask, (side, side), 2)
+    flat = masks.flat[0]
+    sigmas = ke.default_sigmas(model, args.steps)
+    src, tgt = text_cond(args.text, 1.5, 2), text_cond(args.text, 5.5, 3)
+    skip = args.skip
+    times = {k: [] for k in ("inv_bf16", "inv_fp32", "edit_bf16", "a_inv", "a_edit")}
+    for r in range(runs + 1):  # the first round warms up and is dropped
+        t = time.perf_counter()
+        rec = ke.invert(model, user, masks, src, sigmas, storage="bf16").record
+        t1 = time.perf_counter()
+        rec32 = ke.invert(model, user, masks, src, sigmas, storage="fp32").record
+        t2 = time.perf_counter()
+        ke.edit(model, rec, tgt, skip)
+        t3 = time.perf_counter()
+        a = AuthorsStyle(model, args.text)
+        a.invert(z.clone(), sigmas, src, flat)
+        t4 = time.perf_counter()
+        a.denoise(z, sigmas, tgt, flat, masks.latent, skip)
+        t5 = time.perf_counter()
+        del rec, rec32, a
+        if r:
+            for k, v in zip(times, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                times[k].append(v)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def inversion_free_peak(steps: int, args) -> tuple[int, int]:
     """(peak key/value bytes, peak RSS bytes) of one inversion-free edit, in a fresh process."""
     code = f"""
@@ -111,6 +202,9 @@ def main():
     p.add_argument("--text", type=int, default=256, help="text tokens")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--mem-latent", type=int, default=32, help="latent side for the memory runs")
+    p.add_argument("--skip", type=int, default=2, help="skip steps of the loop-overhead rows")
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs of the loop-overhead rows (median)")
+    p.add_argument("--only-overhead", action="store_true", help="print only the loop-overhead table")
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
@@ -118,6 +212,18 @@ def main():
     print(f"model: ComfyUI FLUX, hidden {args.hidden}, {args.hidden // 128} heads, {args.depth} double + "
           f"{args.single} single blocks, fp32, CPU; {args.steps} steps, skip 0")
     model = build(args)
+    o = loop_overhead(args, model, args.runs)
+    print()
+    print(f"| loop (median of {args.runs} interleaved runs; {args.text} text + {args.latent ** 2 // 4} image tokens, "
+          f"{args.steps} steps, skip {args.skip}) | time | vs authors-style loop |")
+    print("|---|---|---|")
+    print(f"| authors-style inversion (every image token kept by reference) | {o['a_inv']:.2f} s | 1.00x |")
+    print(f"| KVInvert, bf16 record | {o['inv_bf16']:.2f} s | {o['inv_bf16'] / o['a_inv']:.2f}x |")
+    print(f"| KVInvert, fp32 record | {o['inv_fp32']:.2f} s | {o['inv_fp32'] / o['a_inv']:.2f}x |")
+    print(f"| authors-style denoise | {o['a_edit']:.2f} s | 1.00x |")
+    print(f"| KVEditSampler, bf16 record | {o['edit_bf16']:.2f} s | {o['edit_bf16'] / o['a_edit']:.2f}x |")
+    if args.only_overhead:
+        return
     r = speed(args, model)
     print()
     print("| denoising (KV-Edit) | tokens computed (text + image) | time | speed-up |")
