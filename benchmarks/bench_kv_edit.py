@@ -104,6 +104,7 @@ class AuthorsStyle:
         from precise_edit.nodes.flux_tokens import TokenPlan
 
         n = sigmas.numel() - 1
+        self.feature[n] = z
         for i in reversed(range(n)):
             def rec(block, k, v, i=i):
                 self.feature[(i, block)] = (k, v)
