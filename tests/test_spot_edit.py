@@ -229,7 +229,8 @@ def test_kl_decoder_features():
         feats = decoder_features(vae, torch.randn(1, 16, 8, 12))
     finally:
         comfy.model_management.load_models_gpu = orig
-    assert [f.shape[-2:] for f in feats] == [(8, 12), (8, 12), (8, 12)]
+    # the authors' third layer is the first up block with its upsampler
+    assert [f.shape[-2:] for f in feats] == [(8, 12), (8, 12), (16, 24)]
 
 
 def test_bad_inputs():
