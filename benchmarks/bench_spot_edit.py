@@ -8,7 +8,7 @@ with ComfyUI core's EasyCache on top.
 
 ``--judge`` adds the rows with the real perceptual judge at 50 steps: a VAE decoder at the
 real width of the model's VAE (FLUX: the KL decoder, 512 channels at the lowest level;
-Qwen-Image: the Wan 2.1 decoder, dim 96), random weights; SpotSelector in ``intersect`` mode
+Qwen-Image: the Wan 2.1 decoder, dim 96; ``--vae-divide`` narrows it), random weights; SpotSelector in ``intersect`` mode
 with the same 25% mask, so the judge runs at its full cost on every selective step while
 the computed tokens stay those of the mask (random weights never settle on the source by
 themselves). Rows: the pack's defaults (warm-up 4, a full step every 9) and the authors'
@@ -65,13 +65,13 @@ def run(model, family, args, y, seed=4):
     return time.perf_counter() - t, out
 
 
-def real_width_vae(family):
-    """A VAE decoder at the real width of the model's VAE, random weights."""
+def real_width_vae(family, divide=1):
+    """A VAE decoder at the real width of the model's VAE divided by ``divide``, random weights."""
     if family == "qwen_image":
-        return tm.tiny_wan_vae(0, dim=96)
+        return tm.tiny_wan_vae(0, dim=96 // divide)
     from comfy.ldm.modules.diffusionmodules.model import Decoder
 
-    dec = Decoder(ch=128, out_ch=3, ch_mult=(1, 2, 4, 4), num_res_blocks=2, attn_resolutions=[], in_channels=3,
+    dec = Decoder(ch=128 // divide, out_ch=3, ch_mult=(1, 2, 4, 4), num_res_blocks=2, attn_resolutions=[], in_channels=3,
                   resolution=256, z_channels=16)
     tm._fill(dec, 0, scale=0.02)
     return types.SimpleNamespace(first_stage_model=types.SimpleNamespace(decoder=dec.eval()), patcher=None,
@@ -97,7 +97,7 @@ def judge_rows(args):
 
     spot_patch.Selector.token_scores = timed
     print()
-    print(f"Perceptual judge (real-width VAE decoder), {args.judge_steps} steps, {side * side // 4} image tokens, "
+    print(f"Perceptual judge (VAE decoder at 1/{args.vae_divide} of the real width), {args.judge_steps} steps, {side * side // 4} image tokens, "
           f"intersect with the 25% mask; medians of {args.runs} interleaved runs")
     print()
     print("| model | run | time | speed-up | ideal (token counts) | share of ideal | selector per selective step |")
@@ -106,7 +106,7 @@ def judge_rows(args):
         model = build(family, args)
         shape = (1, 16, side, side) if family == "flux" else (1, 16, 1, side, side)
         y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
-        vae = real_width_vae(family)
+        vae = real_width_vae(family, args.vae_divide)
         sel = SpotSelector.execute("perceptual", 0.2 if family == "flux" else 0.15, 0, "intersect", vae=vae,
                                    mask=mask).args[0]
         variants = {"unpatched": model,
@@ -159,6 +159,7 @@ def main():
     p.add_argument("--judge", action="store_true", help="only the rows with the real perceptual judge")
     p.add_argument("--judge-steps", type=int, default=50)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--vae-divide", type=int, default=1, help="judge rows: VAE decoder width = real width / this")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
