@@ -4,17 +4,30 @@ Prints a table; not a test. ComfyUI's own FLUX (Kontext use: reference tokens) a
 Qwen-Image architectures at hidden 1024 with random weights, CPU, fp32: 1024 image tokens
 + 1024 reference tokens + text, the settled set forced by a user mask that leaves 25% of
 the image active (75% settled), Euler through ComfyUI's standard sampler. Then the same
-with ComfyUI core's EasyCache on top. Run from the repository root:
+with ComfyUI core's EasyCache on top.
+
+``--judge`` adds the rows with the real perceptual judge at 50 steps: a VAE decoder at the
+real width of the model's VAE (FLUX: the KL decoder, 512 channels at the lowest level;
+Qwen-Image: the Wan 2.1 decoder, dim 96; ``--vae-divide`` narrows it), random weights; SpotSelector in ``intersect`` mode
+with the same 25% mask, so the judge runs at its full cost on every selective step while
+the computed tokens stay those of the mask (random weights never settle on the source by
+themselves). Rows: the pack's defaults (warm-up 4, a full step every 9) and the authors'
+schedule ("authors code": steps 0-3, 13, 22, 31), with the selector's own time per
+selective step. Every figure is the median of ``--runs`` interleaved runs. Run from the
+repository root:
 
     .venv/bin/python benchmarks/bench_spot_edit.py [--steps 20] [--families flux qwen_image]
+    .venv/bin/python benchmarks/bench_spot_edit.py --judge [--judge-steps 50] [--side 32]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +40,7 @@ import comfy.sample  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
 from precise_edit.kernels import spot  # noqa: E402
+from precise_edit.nodes.spot_edit import patch as spot_patch  # noqa: E402
 from precise_edit.nodes.spot_edit.nodes import SpotEditPreview, SpotFusionSampler, SpotSelector  # noqa: E402
 
 
@@ -51,6 +65,84 @@ def run(model, family, args, y, seed=4):
     return time.perf_counter() - t, out
 
 
+def real_width_vae(family, divide=1):
+    """A VAE decoder at the real width of the model's VAE divided by ``divide``, random weights."""
+    if family == "qwen_image":
+        return tm.tiny_wan_vae(0, dim=96 // divide)
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+
+    dec = Decoder(ch=128 // divide, out_ch=3, ch_mult=(1, 2, 4, 4), num_res_blocks=2, attn_resolutions=[], in_channels=3,
+                  resolution=256, z_channels=16)
+    tm._fill(dec, 0, scale=0.02)
+    return types.SimpleNamespace(first_stage_model=types.SimpleNamespace(decoder=dec.eval()), patcher=None,
+                                 device=torch.device("cpu"), vae_dtype=torch.float32)
+
+
+def judge_rows(args):
+    """The perceptual judge at 50 steps: pack defaults vs the authors' schedule, medians of interleaved runs."""
+    jargs = argparse.Namespace(**{**vars(args), "steps": args.judge_steps})
+    side = args.side
+    mask = torch.zeros(1, side * 8, side * 8)
+    mask[0, : side * 4, : side * 4] = 1
+    timer = {"t": 0.0, "n": 0}
+    real_scores = spot_patch.Selector.token_scores
+
+    def timed(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return real_scores(self, *a, **k)
+        finally:
+            timer["t"] += time.perf_counter() - t
+            timer["n"] += 1
+
+    spot_patch.Selector.token_scores = timed
+    print()
+    print(f"Perceptual judge (VAE decoder at 1/{args.vae_divide} of the real width), {args.judge_steps} steps, {side * side // 4} image tokens, "
+          f"intersect with the 25% mask; medians of {args.runs} interleaved runs")
+    print()
+    print("| model | run | time | speed-up | ideal (token counts) | share of ideal | selector per selective step |")
+    print("|---|---|---|---|---|---|---|")
+    for family in args.families:
+        model = build(family, args)
+        shape = (1, 16, side, side) if family == "flux" else (1, 16, 1, side, side)
+        y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        vae = real_width_vae(family, args.vae_divide)
+        sel = SpotSelector.execute("perceptual", 0.2 if family == "flux" else 0.15, 0, "intersect", vae=vae,
+                                   mask=mask).args[0]
+        variants = {"unpatched": model,
+                    "SpotEdit, pack defaults": SpotFusionSampler.execute(model, sel, 4, 9, "cos2").args[0],
+                    "SpotEdit, authors' schedule": SpotFusionSampler.execute(model, sel, 4, 9, "cos2",
+                                                                            "authors code").args[0]}
+        run(model, family, argparse.Namespace(**{**vars(args), "steps": 2}), y)  # warm-up
+        times = {k: [] for k in variants}
+        sel_cost = {k: [] for k in variants}
+        fracs = {}
+        for _ in range(args.runs):
+            for name, m in variants.items():
+                timer.update(t=0.0, n=0)
+                t, out = run(m, family, jargs, y)
+                times[name].append(t)
+                if name != "unpatched":
+                    sel_cost[name].append(timer["t"] / max(1, timer["n"]))
+                    fracs[name] = SpotEditPreview.execute(m, {"samples": out}, -1).args[1]
+        label = "FLUX.1 Kontext arch." if family == "flux" else "Qwen-Image(-Edit) arch."
+        t_base = statistics.median(times["unpatched"])
+        print(f"| {label} | unpatched | {t_base:.1f} s | 1.00x | | | |")
+        n_img = side * side // 4
+        for name in list(variants)[1:]:
+            t = statistics.median(times[name])
+            fr = fracs[name]
+            full_tok = args.text + 2 * n_img
+            # ideal from the run's own fraction: full steps count text+image+reference, selective text+active
+            st = spot_patch.state_of(variants[name]).fractions()
+            cost = sum(full_tok if full else args.text + f * n_img for _, full, f in st)
+            ideal = len(st) * full_tok / cost
+            print(f"| {label} | {name} ({fr:.0%} of image tokens computed) | {t:.1f} s | {t_base / t:.2f}x | "
+                  f"{ideal:.2f}x | {t_base / t / ideal:.0%} | {statistics.median(sel_cost[name]) * 1000:.0f} ms |")
+        del model, variants
+    spot_patch.Selector.token_scores = real_scores
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=1024)
@@ -64,9 +156,16 @@ def main():
     p.add_argument("--reset", type=int, default=9)
     p.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse_threshold")
     p.add_argument("--families", nargs="+", default=["flux", "qwen_image"])
+    p.add_argument("--judge", action="store_true", help="only the rows with the real perceptual judge")
+    p.add_argument("--judge-steps", type=int, default=50)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--vae-divide", type=int, default=1, help="judge rows: VAE decoder width = real width / this")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
+    if args.judge:
+        judge_rows(args)
+        return
     print(f"hidden {args.hidden}, {args.side ** 2 // 4} image + {args.side ** 2 // 4} reference + {args.text} text "
           f"tokens, {args.steps} Euler steps, fp32 CPU; warm-up {args.warmup}, reset every {args.reset}, fusion "
           f"cos2; 25% of the image active (user mask, replace)")

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 JUDGES = ("perceptual", "L4", "cosine")
 MASK_MODES = ("replace", "union", "intersect")
 SCHEDULES = ("cos2", "static")
+# The authors' full steps on 50 steps: 0-3 (warm-up) and 13, 22, 31 (resets).
+AUTHORS_STEPS = 50
+AUTHORS_WARMUP = 4
+AUTHORS_RESETS = (13, 22, 31)
 
 
 def as_4d(latent: torch.Tensor) -> torch.Tensor:
@@ -57,17 +61,26 @@ def scores_cosine(x0: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tens
 
 def scores_from_features(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor], latent_hw: tuple[int, int],
                          patch: int) -> torch.Tensor:
-    """Perceptual distance from paired decoder features ``[B, C, H, W]``: per layer,
-    channel-normalised squared L2 difference, resized to latent resolution; layers averaged
-    with equal weight; then averaged per token. Identical inputs score exactly 0."""
+    """Perceptual distance from paired decoder features ``[B, C, H, W]`` (or ``[B, C, T, H, W]``:
+    averaged over T), as the authors compute it: per layer, channel-normalised squared L2
+    difference, resized bilinearly to latent resolution; layers averaged with equal weight;
+    then averaged per token. Identical inputs score exactly 0."""
     total = None
     for fa, fb in zip(feats_a, feats_b):
-        na = fa.float() / (fa.float().norm(dim=1, keepdim=True) + 1e-10)
-        nb = fb.float() / (fb.float().norm(dim=1, keepdim=True) + 1e-10)
-        d = (na - nb).pow(2).sum(dim=1, keepdim=True)
-        d = F.interpolate(d, size=latent_hw, mode="area" if d.shape[-1] >= latent_hw[1] else "bilinear")
+        d = (F.normalize(fa.float(), dim=1) - F.normalize(fb.float(), dim=1)).pow(2).sum(dim=1, keepdim=True)
+        frames = 1
+        if d.ndim == 5:  # [B, 1, T, H, W]: resize every frame (trilinear at fixed T), mean over T later
+            frames = d.shape[2]
+            d = d.transpose(1, 2).flatten(0, 1)
+        if tuple(d.shape[-2:]) != tuple(latent_hw):
+            d = F.interpolate(d, size=latent_hw, mode="bilinear", align_corners=False)
+        if frames > 1:
+            d = d.reshape(-1, frames, *d.shape[1:]).transpose(1, 2)
         total = d if total is None else total + d
-    return pool_to_tokens(total[:, 0] / len(feats_a), patch)
+    total = total / len(feats_a)
+    if total.ndim == 5:
+        total = total.mean(dim=2)
+    return pool_to_tokens(total[:, 0], patch)
 
 
 def dilate(active: torch.Tensor, radius: int) -> torch.Tensor:
@@ -118,6 +131,58 @@ def fusion_weight(sigma: float, schedule: str = "cos2") -> float:
 
 def fuse(cached: torch.Tensor, reference: torch.Tensor, a: float) -> torch.Tensor:
     return cached if a == 1.0 else a * cached + (1 - a) * reference
+
+
+def authors_fusion_weight(sigma: float) -> float:
+    """The weight of the cached image features in the authors' released code:
+    ``cos^2(pi/2 * t / 1000)`` with ``t`` already the sigma in [0, 1] (the time divided by
+    1000 twice), i.e. 1 - O(1e-6): practically a static cache."""
+    return math.cos(0.5 * math.pi * (float(sigma) / 1000)) ** 2
+
+
+def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Apply rotary embeddings given as 2x2 matrices ``rot [..., n, D/2, 2, 2]`` to
+    ``x [..., n, D]`` (pairs of channels, as FLUX / Qwen-Image rotate them)."""
+    xp = x.to(rot.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    out = rot[..., 0] * xp[..., 0] + rot[..., 1] * xp[..., 1]
+    return out.reshape(*x.shape).type_as(x)
+
+
+def rotation_between(rot_to: torch.Tensor, rot_from: torch.Tensor) -> torch.Tensor:
+    """The rotation that takes a key rotated by ``rot_from`` to the same key rotated by
+    ``rot_to``: ``R_to @ R_from^T`` (rotations are orthogonal)."""
+    return rot_to @ rot_from.transpose(-1, -2)
+
+
+def fuse_key(cached_k: torch.Tensor, ref_k: torch.Tensor, ref_to_img: torch.Tensor | None, a: float) -> torch.Tensor:
+    """SpotFusion of keys recorded after RoPE: blend the settled token's cached key (already at
+    the image position) with the reference token's key moved to the image position (rotated
+    by ``ref_to_img``). Equal to blending the un-rotated keys and rotating the blend at the
+    image position, as the authors do."""
+    if a == 1.0:
+        return cached_k
+    if ref_to_img is not None:
+        ref_k = rotate(ref_k, ref_to_img)
+    return a * cached_k + (1 - a) * ref_k
+
+
+def authors_full_steps(steps: int) -> tuple[int, frozenset]:
+    """The authors' full-step list (steps 0-3 and 13, 22, 31 of 50), scaled to ``steps`` by
+    the fraction of the run: warm-up ``max(1, round(4 n / 50))`` steps and resets at
+    ``round(r n / 50)`` for r in 13, 22, 31. At 50 steps this is exactly their list."""
+    n = int(steps)
+    warm = max(1, round(AUTHORS_WARMUP * n / AUTHORS_STEPS))
+    resets = frozenset(round(r * n / AUTHORS_STEPS) for r in AUTHORS_RESETS) if n != AUTHORS_STEPS \
+        else frozenset(AUTHORS_RESETS)
+    return warm, frozenset(r for r in resets if warm <= r < n)
+
+
+def authors_reuse(scores: torch.Tensor, tau: float, judge: str) -> torch.Tensor:
+    """The authors' decision per token (True = reuse): score < tau for the perceptual and L4
+    judges; for cosine their ``tau`` is a similarity and a token is reused when it is above."""
+    if judge == "cosine":
+        return scores > tau
+    return scores < tau
 
 
 def settled_velocity(x: torch.Tensor, ref: torch.Tensor, sigma: float) -> torch.Tensor:

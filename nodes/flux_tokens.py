@@ -62,6 +62,10 @@ class TokenController:
         self._txt_len = 0
         self._n_seq = 0
         self._keep_seq: torch.Tensor | None = None
+        # positions of the last evaluation's [image | reference] tokens, before any were dropped:
+        # FLUX: their ids; Qwen-Image: their rotary embeddings (2x2 matrices)
+        self.last_img_ids: torch.Tensor | None = None
+        self.last_img_pe: torch.Tensor | None = None
 
     # -- installation ----------------------------------------------------------------------
     def install(self, model_options: dict) -> dict:
@@ -95,6 +99,7 @@ class TokenController:
         self._n_seq = img.shape[1]
         self._keep_seq = None
         self.calls += 1
+        self.last_img_ids = img_ids
         if plan is None or plan.keep is None:
             return args
         if self._n_seq < plan.n_img:
@@ -163,6 +168,7 @@ class TokenController:
                 self._n_seq = args["img"].shape[1]
                 self._keep_seq = None
                 self.calls += 1
+                self.last_img_pe = args["pe"][:, :, self._txt_len:] if args.get("pe") is not None else None
                 plan = self.plan
                 if plan is not None and plan.keep is not None:
                     keep = self._keep_indices(plan, args["img"].device)

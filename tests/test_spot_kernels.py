@@ -76,3 +76,33 @@ def test_settled_velocity_lands_on_the_reference():
     x, y = torch.randn(4), torch.randn(4)
     v = spot.settled_velocity(x, y, 0.3)
     assert torch.allclose(x - 0.3 * v, y, atol=1e-6)
+
+
+def _rope(pos, dim=8):
+    omega = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    ang = pos[..., None].double() * omega
+    return torch.stack([ang.cos(), -ang.sin(), ang.sin(), ang.cos()], -1).reshape(*ang.shape, 2, 2).float()
+
+
+def test_fused_key_at_zero_weight_is_the_reference_key_at_the_image_position():
+    """Blending after RoPE with the rotated reference key = blending before RoPE and rotating
+    at the image position (what the authors do)."""
+    k_img_raw, k_ref_raw = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    pos_img, pos_ref = torch.arange(5.0)[None, None], torch.arange(5.0)[None, None] + 7
+    r_img, r_ref = _rope(pos_img), _rope(pos_ref)
+    k_img, k_ref = spot.rotate(k_img_raw, r_img), spot.rotate(k_ref_raw, r_ref)
+    move = spot.rotation_between(r_img, r_ref)
+    assert torch.allclose(spot.fuse_key(k_img, k_ref, move, 0.0), spot.rotate(k_ref_raw, r_img), atol=1e-5)
+    a = 0.3
+    want = spot.rotate(a * k_img_raw + (1 - a) * k_ref_raw, r_img)
+    assert torch.allclose(spot.fuse_key(k_img, k_ref, move, a), want, atol=1e-5)
+    assert not torch.allclose(spot.fuse_key(k_img, k_ref, None, 0.0), want, atol=1e-2)
+
+
+def test_authors_full_steps_and_weight():
+    assert spot.authors_full_steps(50) == (4, frozenset({13, 22, 31}))
+    assert spot.authors_full_steps(28) == (2, frozenset({7, 12, 17}))
+    assert 0.999 < spot.authors_fusion_weight(1.0) < 1.0
+    s = torch.tensor([0.1, 0.3])
+    assert spot.authors_reuse(s, 0.2, "L4").tolist() == [True, False]
+    assert spot.authors_reuse(s, 0.2, "cosine").tolist() == [False, True]

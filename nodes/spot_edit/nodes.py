@@ -1,6 +1,8 @@
 """SpotEdit nodes: SpotSelector (the judge), SpotFusionSampler (patched MODEL), SpotEditPreview."""
 from __future__ import annotations
 
+import math
+
 import torch
 from comfy_api.latest import io, ui
 
@@ -9,7 +11,7 @@ from ...kernels.token_mask import overlay_image
 from ..common import CATEGORY, NodeInputError, note
 from ..edit_region import pixel_region
 from ..families import FLUX, QWEN_IMAGE, detect_family
-from .patch import Selector, patch_model, state_of
+from .patch import MODES, Selector, patch_model, state_of
 
 SpotSelectorType = io.Custom("SPOT_SELECTOR")
 SPOT_CATEGORY = f"{CATEGORY}/spot-edit"
@@ -28,8 +30,11 @@ class SpotSelector(io.ComfyNode):
                                tooltip="perceptual: VAE decoder features (needs the VAE); L4: mean |difference|^4 "
                                        "over latent channels; cosine: 1 - token cosine similarity."),
                 io.Float.Input("tau", default=0.2, min=-1.0, max=10.0, step=0.01,
-                               tooltip="Settled threshold: 0.2 suits FLUX.1 Kontext, 0.15 Qwen-Image-Edit. Lower "
-                                       "computes more tokens; a negative value keeps every token active."),
+                               tooltip="Settled threshold: 0.2 suits FLUX.1 Kontext, 0.15 Qwen-Image-Edit (the "
+                                       "authors' values; the perceptual judge uses their decoder layers, so they "
+                                       "carry over). Lower computes more tokens; a negative value keeps every "
+                                       "token active. In 'authors code' mode with the cosine judge, tau is their "
+                                       "similarity threshold (reuse above it)."),
                 io.Int.Input("dilation", default=0, min=0, max=16,
                              tooltip="Grow the active region by this many tokens (1 suits Qwen-Image-Edit)."),
                 io.Combo.Input("mask_mode", options=list(spot.MASK_MODES), default="union",
@@ -45,6 +50,15 @@ class SpotSelector(io.ComfyNode):
     @classmethod
     def execute(cls, judge, tau, dilation, mask_mode, vae=None, mask=None) -> io.NodeOutput:
         node = "SpotSelector"
+        if judge not in spot.JUDGES:
+            raise NodeInputError(f"{node}: unknown judge {judge!r}; choose one of {', '.join(spot.JUDGES)}")
+        if mask_mode not in spot.MASK_MODES:
+            raise NodeInputError(f"{node}: unknown mask_mode {mask_mode!r}; choose one of "
+                                 f"{', '.join(spot.MASK_MODES)}")
+        if not math.isfinite(float(tau)):
+            raise NodeInputError(f"{node}: tau is {tau}; give a finite number (0.2 for FLUX.1 Kontext, 0.15 for "
+                                 f"Qwen-Image-Edit)")
+        lines = []
         if judge == "perceptual" and vae is None:
             if mask is not None and mask_mode == "replace":
                 judge = "L4"  # never used: the mask decides
@@ -54,13 +68,21 @@ class SpotSelector(io.ComfyNode):
         m = None
         if mask is not None:
             m = mask if mask.ndim == 3 else mask.unsqueeze(0)
+            if not bool(torch.isfinite(m).all()):
+                raise NodeInputError(f"{node}: the mask holds NaN or infinite values; connect a mask with values "
+                                     f"in 0..1")
             if m.shape[0] != 1:
-                note(node, f"{m.shape[0]} masks given; using the first")
+                lines.append(note(node, f"{m.shape[0]} masks given; using the first"))
                 m = m[:1]
             if not bool((m > 0).any()) and mask_mode == "replace":
                 raise NodeInputError(f"{node}: the mask is empty; with mask_mode 'replace' it must mark the region "
                                      f"to edit")
-        return io.NodeOutput(Selector(judge=judge, tau=tau, dilation=dilation, mask=m, mode=mask_mode, vae=vae))
+        sel = Selector(judge=judge, tau=tau, dilation=dilation, mask=m, mode=mask_mode, vae=vae)
+        if m is not None and mask_mode == "replace":
+            lines.insert(0, "judge: none (the mask decides which tokens are computed)")
+        else:
+            lines.insert(0, f"judge: {sel.describe()}; tau {tau:g}")
+        return io.NodeOutput(sel, ui={"text": ("\n".join(lines),)})
 
 
 class SpotFusionSampler(io.ComfyNode):
@@ -81,19 +103,31 @@ class SpotFusionSampler(io.ComfyNode):
                 io.Int.Input("reset_every", default=9, min=0, max=100,
                              tooltip="After warm-up, one full step every this many steps refreshes the cache "
                                      "(0 = never). Smaller is closer to the full model, larger is faster."),
-                io.Combo.Input("fusion", options=["cos2", "static"], default="cos2",
+                io.Combo.Input("fusion", options=list(spot.SCHEDULES), default="cos2",
                                tooltip="What settled tokens contribute: cos2 (paper: reference features early, "
                                        "cached image features late) or static (cached image features only)."),
+                io.Combo.Input("mode", options=list(MODES), default="paper", optional=True,
+                               tooltip="paper: the inputs above, settled tokens land exactly on the source. "
+                                       "authors code: reproduces the authors' released pipelines (their full "
+                                       "steps 0-3, 13, 22, 31 of 50 scaled to the step count, their practically "
+                                       "static cache, settled tokens keep the previous step's velocity; "
+                                       "warmup_steps, reset_every and fusion are not used)."),
             ],
             outputs=[io.Model.Output("patched", tooltip="The patched model for KSampler / SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def execute(cls, model, selector, warmup_steps, reset_every, fusion) -> io.NodeOutput:
+    def execute(cls, model, selector, warmup_steps, reset_every, fusion, mode="paper") -> io.NodeOutput:
         node = "SpotFusionSampler"
+        if fusion not in spot.SCHEDULES:
+            raise NodeInputError(f"{node}: unknown fusion {fusion!r}; choose one of {', '.join(spot.SCHEDULES)}")
+        if mode not in MODES:
+            raise NodeInputError(f"{node}: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not isinstance(selector, Selector):
+            raise NodeInputError(f"{node}: the selector input must come from a SpotEdit Selector node")
         family = detect_family(model, node, allowed=(FLUX, QWEN_IMAGE))
-        patched, _ = patch_model(model, family, selector, warmup_steps, reset_every, fusion)
-        return io.NodeOutput(patched)
+        patched, state = patch_model(model, family, selector, warmup_steps, reset_every, fusion, mode)
+        return io.NodeOutput(patched, ui={"text": (f"{state.describe()}\njudge: {selector.describe()}",)})
 
 
 class SpotEditPreview(io.ComfyNode):
@@ -147,7 +181,8 @@ class SpotEditPreview(io.ComfyNode):
         H, W = image.shape[1:3]
         region = pixel_region(active.unsqueeze(0), px, (H, W))[0]
         overlay = torch.stack([overlay_image(image[i].cpu(), region, px) for i in range(image.shape[0])])
-        lines = [f"computed {total:.1%} of image tokens over {len(fr)} model calls"]
+        lines = [f"judge: {run.judge}", f"mode: {state.describe()}",
+                 f"computed {total:.1%} of image tokens over {len(fr)} model calls"]
         lines += [f"step {s}: {'full' if full else 'selective'} {f:.1%}" for s, full, f in fr]
         preview = ui.PreviewImage(overlay, cls=cls)
         return io.NodeOutput(overlay, float(total), ui={**preview.as_dict(), "text": ("\n".join(lines),)})

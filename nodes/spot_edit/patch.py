@@ -30,12 +30,16 @@ import comfy.patcher_extension as pe
 from ...kernels import spot
 from ...kernels.kv_attention import keep_background
 from ...kernels.token_mask import build_token_masks, expand_token_mask
+from ..common import NodeInputError
 from ..families import FLUX, Family
 from ..flux_tokens import TokenController, TokenPlan
-from .vae_features import UnsupportedVAE, decoder_features
+from .vae_features import UnsupportedVAE, authors_qwen_features, decoder_features, feature_path, load_vae
 
 log = logging.getLogger("comfyui-precise-edit")
 KEY = "precise_edit_spot"
+
+
+MODES = ("paper", "authors code")
 
 
 @dataclass
@@ -50,18 +54,45 @@ class Selector:
     vae: object = None
     notes: list = field(default_factory=list)
 
-    def token_scores(self, x0_user: torch.Tensor, y_user: torch.Tensor, patch: int) -> torch.Tensor:
+    def describe(self) -> str:
+        """The judge that runs, with its feature path (what the node and the preview show)."""
+        if self.judge == "perceptual":
+            try:
+                return f"perceptual ({feature_path(self.vae)})"
+            except UnsupportedVAE as e:
+                return f"L4 (perceptual unavailable: {e})"
+        return {"L4": "L4 (mean |difference|^4 over latent channels)",
+                "cosine": "cosine (1 - token cosine similarity)"}[self.judge]
+
+    def token_scores(self, x0_user: torch.Tensor, y_user: torch.Tensor, patch: int,
+                     run: "_Run | None" = None) -> torch.Tensor:
+        """Score per token (0 = identical). With a run, the reference's features are computed
+        once per run and the VAE is loaded once per run (with the diffusion model)."""
         if self.judge == "perceptual":
             if self.vae is None:
                 raise ValueError("the perceptual judge needs a VAE")
             try:
-                fa = decoder_features(self.vae, x0_user)
-                fb = decoder_features(self.vae, y_user.expand_as(x0_user))
+                if run is None:
+                    fb = decoder_features(self.vae, y_user)
+                    fa = decoder_features(self.vae, x0_user)
+                else:
+                    if not run.vae_loaded:
+                        load_vae(self.vae, *([run.model_patcher] if run.model_patcher is not None else []))
+                        run.vae_loaded = True
+                    if run.ref_feats is None:
+                        run.ref_feats = decoder_features(self.vae, y_user, load=False)
+                    fb = run.ref_feats
+                    fa = decoder_features(self.vae, x0_user, load=False)
             except UnsupportedVAE as e:
-                if not self.notes:
-                    self.notes.append(f"SpotSelector: {e}; using the L4 judge instead")
-                    log.warning(self.notes[-1])
+                msg = f"SpotSelector: {e}; using the L4 judge instead"
+                if msg not in self.notes:
+                    self.notes.append(msg)
+                    log.warning(msg)
+                if run is not None:
+                    run.judge = f"L4 (perceptual unavailable: {e})"
                 return spot.scores_l4(x0_user, y_user, patch)
+            if fa[0].shape[0] != fb[0].shape[0]:
+                fb = [f.expand(fa[0].shape[0], *f.shape[1:]) for f in fb]
             hw = spot.as_4d(x0_user).shape[-2:]
             return spot.scores_from_features(fa, fb, tuple(hw), patch)
         if self.judge == "L4":
@@ -73,15 +104,50 @@ class Selector:
             return None
         return build_token_masks(self.mask, latent_hw, patch, allow_empty=True).tokens
 
-    def active(self, x0_user, y_user, latent_hw, patch) -> tuple[torch.Tensor, float]:
+    def active(self, x0_user, y_user, latent_hw, patch, run=None) -> tuple[torch.Tensor, float]:
         user = self.user_tokens(latent_hw, patch)
         if user is not None and self.mode == "replace" and bool(user.any()):
             return user[0], self.tau
-        scores = self.token_scores(x0_user, y_user, patch)
+        scores = self.token_scores(x0_user, y_user, patch, run)
         if user is not None:
             user = user.expand(scores.shape[0], -1, -1)
         act, tau = spot.select_active(scores, self.tau, self.dilation, user, self.mode)
         return act.any(dim=0), tau  # one token set for the whole batch
+
+    def authors_active(self, x0_model, y_model, x0_user, y_user, latent_hw, patch, run, qwen_format=None):
+        """The authors' decision: reuse where score < tau (cosine: similarity > tau), scores of
+        L4 / cosine in the model's latent space, their perceptual path (Qwen: their 16-frame
+        broadcast); FLUX dilates the reused set, Qwen-Image the computed set. Returns active."""
+        user = self.user_tokens(latent_hw, patch)
+        if user is not None and self.mode == "replace" and bool(user.any()):
+            return user[0]
+        if self.judge == "L4":
+            scores = spot.scores_l4(x0_model, y_model, patch)
+        elif self.judge == "cosine":
+            scores = 1 - spot.scores_cosine(x0_model, y_model, patch)
+        elif qwen_format is not None:
+            mean, std = qwen_format
+            if not run.vae_loaded:
+                load_vae(self.vae, *([run.model_patcher] if run.model_patcher is not None else []))
+                run.vae_loaded = True
+            if run.ref_feats is None:
+                run.ref_feats = authors_qwen_features(self.vae, y_model, mean, std)
+            fa = authors_qwen_features(self.vae, x0_model, mean, std)
+            scores = spot.scores_from_features(fa, run.ref_feats, tuple(latent_hw), patch)
+        else:
+            scores = self.token_scores(x0_user, y_user, patch, run)
+        reuse = spot.authors_reuse(scores, self.tau, self.judge).all(dim=0)  # the authors: batch mean; B = 1
+        if self.dilation > 0:
+            if qwen_format is not None or run.family is not FLUX:
+                reuse = ~spot.dilate((~reuse)[None], self.dilation)[0]
+            else:
+                reuse = spot.dilate(reuse[None], self.dilation)[0]
+        active = ~reuse
+        if user is not None and self.mode == "union":
+            active = active | user[0].bool()
+        elif user is not None and self.mode == "intersect":
+            active = active & user[0].bool()
+        return active
 
 
 @dataclass
@@ -91,20 +157,28 @@ class _Run:
     y_model: torch.Tensor
     latent_hw: tuple
     n_img: int
+    model_patcher: object = None
     caches: dict = field(default_factory=dict)   # cond key -> {block: (K, V)} over [image | reference]
     x0: dict = field(default_factory=dict)       # cond key -> latest x0_hat (model space)
+    velocity: dict = field(default_factory=dict)  # cond key -> latest velocity (authors code mode)
+    frozen: dict = field(default_factory=dict)   # cond key -> selection kept until the next full step
     last_settled: torch.Tensor | None = None     # token grid of the last selective step
     history: list = field(default_factory=list)  # (step, full, active token grid)
     last_step: int = -1
+    ref_rot: torch.Tensor | None = None          # rotation reference -> image position per image token
+    ref_feats: list | None = None                # the reference's decoder features (once per run)
+    vae_loaded: bool = False
+    judge: str = ""
+    full_steps: tuple | None = None              # authors code: (warm-up, resets) scaled to the run
 
 
 class SpotState:
     """Configuration plus the state of the last sampling run (shared by clones)."""
 
     def __init__(self, family: Family, n_blocks: int, selector: Selector, warmup: int, reset_every: int,
-                 schedule: str):
+                 schedule: str, mode: str = "paper"):
         self.family, self.n_blocks, self.selector = family, n_blocks, selector
-        self.warmup, self.reset_every, self.schedule = warmup, reset_every, schedule
+        self.warmup, self.reset_every, self.schedule, self.mode = warmup, reset_every, schedule, mode
         self.controller = TokenController(n_blocks, "flux" if family is FLUX else "qwen_image")
         self.run: _Run | None = None
         self.last: _Run | None = None
@@ -113,21 +187,33 @@ class SpotState:
     def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options
         return self
 
+    @property
+    def authors(self) -> bool:
+        return self.mode == "authors code"
+
     # -- OUTER_SAMPLE --------------------------------------------------------------------
     def outer_sample(self, executor, *args, **kwargs):
         guider = executor.class_obj
         noise = args[0]
+        latent = args[1] if len(args) > 1 else kwargs.get("latent_image")
         y_user = _reference_latent(guider)
         lat_hw = tuple(noise.shape[-2:])
+        node = "SpotFusionSampler"
         if y_user is None:
-            raise ValueError("SpotFusionSampler: the conditioning has no reference image; SpotEdit edits a "
-                             "source image given through ReferenceLatent (FLUX.1 Kontext) or "
-                             "TextEncodeQwenImageEdit (Qwen-Image-Edit)")
+            raise NodeInputError(f"{node}: the conditioning has no reference image; SpotEdit edits a "
+                                 f"source image given through ReferenceLatent (FLUX.1 Kontext) or "
+                                 f"TextEncodeQwenImageEdit (Qwen-Image-Edit)")
         if tuple(y_user.shape[-2:]) != lat_hw:
-            raise ValueError(f"SpotFusionSampler: the reference latent is {y_user.shape[-1]}x{y_user.shape[-2]} but "
-                             f"the output latent is {lat_hw[1]}x{lat_hw[0]}; SpotEdit needs the output at the "
-                             f"source's size (scale both the same way, e.g. FluxKontextImageScale before "
-                             f"encoding, and use the encoded source as the latent)")
+            raise NodeInputError(f"{node}: the reference latent is {y_user.shape[-1]}x{y_user.shape[-2]} but "
+                                 f"the output latent is {lat_hw[1]}x{lat_hw[0]}; SpotEdit needs the output at the "
+                                 f"source's size (scale both the same way, e.g. FluxKontextImageScale before "
+                                 f"encoding, and use the encoded source as the latent)")
+        if not bool(torch.isfinite(y_user).all()):
+            raise NodeInputError(f"{node}: the reference latent holds NaN or infinite values; re-encode the "
+                                 f"source image (VAE Encode) and connect it to ReferenceLatent")
+        if latent is not None and torch.is_tensor(latent) and not bool(torch.isfinite(latent).all()):
+            raise NodeInputError(f"{node}: the latent to sample holds NaN or infinite values; connect a finite "
+                                 f"latent (e.g. the encoded source image)")
         model = guider.model_patcher
         device = model.load_device
         y_model = model.model.process_latent_in(y_user.to(device, torch.float32))
@@ -135,7 +221,8 @@ class SpotState:
             y_model = y_model.reshape(y_model.shape[0], *noise.shape[1:])
             y_user = y_user.reshape(y_user.shape[0], *noise.shape[1:])
         th, tw = -(-lat_hw[0] // self.family.patch), -(-lat_hw[1] // self.family.patch)
-        self.run = _Run(self.family, y_user.float(), y_model.float(), lat_hw, th * tw)
+        self.run = _Run(self.family, y_user.float(), y_model.float(), lat_hw, th * tw, model_patcher=model,
+                        judge=self.selector.describe())
         self.controller.install(guider.model_options)
         pe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, self.diffusion_model, guider.model_options,
                                 is_model_options=True)
@@ -148,6 +235,54 @@ class SpotState:
             settled = expand_token_mask(run.last_settled.unsqueeze(0), self.family.patch, lat_hw)
             out = keep_background(run.y_user.to(out.device, out.dtype), out, settled)
         return out
+
+    # -- step plan -----------------------------------------------------------------------
+    def _is_full(self, run: _Run, step: int, sample_sigmas) -> bool:
+        if not self.authors:
+            return spot.is_full_step(step, self.warmup, self.reset_every)
+        if run.full_steps is None:
+            n = len(sample_sigmas) - 1 if sample_sigmas is not None else spot.AUTHORS_STEPS
+            run.full_steps = spot.authors_full_steps(n)
+        warm, resets = run.full_steps
+        return step < warm or step in resets
+
+    def _reference_rotation(self, run: _Run, device) -> torch.Tensor | None:
+        """Per image token, the rotation that moves the reference token's key (recorded after
+        RoPE at the reference position) to the image token's position."""
+        if run.ref_rot is not None:
+            return run.ref_rot
+        n = run.n_img
+        if self.family is FLUX:
+            ids = self.controller.last_img_ids
+            if ids is None or ids.shape[1] < 2 * n:
+                return None
+            emb = self.base_model.diffusion_model.pe_embedder
+            rot_img, rot_ref = emb(ids[:, :n].float()), emb(ids[:, n:2 * n].float())
+        else:
+            pe_all = self.controller.last_img_pe
+            if pe_all is None or pe_all.shape[2] < 2 * n:
+                return None
+            rot_img, rot_ref = pe_all[:, :, :n], pe_all[:, :, n:2 * n]
+        run.ref_rot = spot.rotation_between(rot_img[:1].float(), rot_ref[:1].float()).to(device)
+        return run.ref_rot
+
+    def _select(self, run: _Run, key, x) -> torch.Tensor:
+        x0_prev = run.x0.get(key)[:1]
+        x0_user = self._to_user(x0_prev)
+        sel = self.selector
+        if not self.authors:
+            return sel.active(x0_user, run.y_user, run.latent_hw, self.family.patch, run)[0]
+        if self.family is not FLUX and key in run.frozen:  # Qwen-Image: kept until the next full step
+            return run.frozen[key]
+        qwen = None
+        if self.family is not FLUX and sel.judge == "perceptual" and sel.vae is not None:
+            lf = self.base_model.latent_format
+            qwen = (lf.latents_mean.flatten(), lf.latents_std.flatten())
+        active = sel.authors_active(x0_prev, run.y_model.to(x0_prev.device), x0_user, run.y_user, run.latent_hw,
+                                    self.family.patch, run, qwen)
+        if self.family is not FLUX:
+            run.frozen[key] = active
+        return active
 
     # -- DIFFUSION_MODEL -----------------------------------------------------------------
     def diffusion_model(self, executor, *args, **kwargs):
@@ -163,13 +298,12 @@ class SpotState:
         run.last_step = step
         key = (tuple(to.get("cond_or_uncond", [0])), x.shape[0])
         cache = run.caches.get(key)
-        full = spot.is_full_step(step, self.warmup, self.reset_every) or cache is None or sigma <= 0
+        full = self._is_full(run, step, sample_sigmas) or cache is None or sigma <= 0 or key not in run.x0
         active = None
-        if not full:
-            x0_prev = run.x0.get(key)
-            x0_user = self._to_user(x0_prev[:1])
-            active, _ = self.selector.active(x0_user, run.y_user, run.latent_hw, self.family.patch)
-            active = active.to(x.device)
+        if full:
+            run.frozen.pop(key, None)
+        else:
+            active = self._select(run, key, x).to(x.device)
             if bool(active.all()):
                 full = True  # nothing settled: a plain step
         if full:
@@ -185,34 +319,53 @@ class SpotState:
                 self.controller.plan = None
             if new_cache:
                 run.caches[key] = new_cache
+                self._reference_rotation(run, x.device)
             run.history.append((step, True, None))
         else:
-            flat = active.flatten()
-            idx_active = flat.nonzero().flatten()
-            idx_settled = (~flat).nonzero().flatten()
-            a = spot.fusion_weight(sigma, self.schedule)
-            n_img = run.n_img
-
-            def cached(block, dev, dt):
-                k, v = cache[block]
-                ks, vs = k[:, :, idx_settled], v[:, :, idx_settled]
-                if k.shape[2] >= 2 * n_img:  # the first reference covers the same grid
-                    ks = spot.fuse(ks, k[:, :, n_img + idx_settled], a)
-                    vs = spot.fuse(vs, v[:, :, n_img + idx_settled], a)
-                return (torch.cat((ks, k[:, :, n_img:]), dim=2).to(dt),
-                        torch.cat((vs, v[:, :, n_img:]), dim=2).to(dt))
-
-            self.controller.plan = TokenPlan(n_img=n_img, keep=idx_active, keep_ref=False, cached=cached)
-            try:
-                out = executor(*args, **kwargs)
-            finally:
-                self.controller.plan = None
-            settled = expand_token_mask((~active).unsqueeze(0), self.family.patch, run.latent_hw)
-            v_settled = spot.settled_velocity(x.float(), run.y_model.to(x.device), sigma)
-            out = keep_background(v_settled.to(out.dtype), out, settled)
-            run.last_settled = ~active.cpu()
+            out = self._selective(run, key, cache, active, sigma, x, executor, args, kwargs)
             run.history.append((step, False, active.cpu()))
         run.x0[key] = (x.float() - sigma * out.float()).detach()
+        if self.authors:
+            run.velocity[key] = out.detach()
+        return out
+
+    def _selective(self, run, key, cache, active, sigma, x, executor, args, kwargs):
+        flat = active.flatten()
+        idx_active = flat.nonzero().flatten()
+        idx_settled = (~flat).nonzero().flatten()
+        a = spot.authors_fusion_weight(sigma) if self.authors else spot.fusion_weight(sigma, self.schedule)
+        n_img = run.n_img
+        rot = run.ref_rot
+        rot_settled = rot[:, :, idx_settled.to(rot.device)] if rot is not None else None
+        authors = self.authors
+
+        def record(block, k, v):  # authors code: the cache keeps every token's latest keys/values
+            ck, cv = cache[block]
+            ck[:, :, idx_active] = k.to(ck.dtype)
+            cv[:, :, idx_active] = v.to(cv.dtype)
+
+        def cached(block, dev, dt):
+            k, v = cache[block]
+            ks, vs = k[:, :, idx_settled], v[:, :, idx_settled]
+            if k.shape[2] >= 2 * n_img:  # the first reference covers the same grid
+                ks = spot.fuse_key(ks, k[:, :, n_img + idx_settled], rot_settled, a)
+                vs = spot.fuse(vs, v[:, :, n_img + idx_settled], a)  # values carry no position
+            return (torch.cat((ks, k[:, :, n_img:]), dim=2).to(dt),
+                    torch.cat((vs, v[:, :, n_img:]), dim=2).to(dt))
+
+        self.controller.plan = TokenPlan(n_img=n_img, keep=idx_active, keep_ref=False, cached=cached,
+                                         record_all=authors, record=record if authors else None)
+        try:
+            out = executor(*args, **kwargs)
+        finally:
+            self.controller.plan = None
+        settled = expand_token_mask((~active).unsqueeze(0), self.family.patch, run.latent_hw)
+        if authors:  # their settled tokens keep the previous step's prediction
+            v_settled = run.velocity[key].to(out.device, out.dtype)
+        else:  # the pack: a velocity whose clean estimate is exactly the reference
+            v_settled = spot.settled_velocity(x.float(), run.y_model.to(x.device), sigma)
+        out = keep_background(v_settled.to(out.dtype), out, settled)
+        run.last_settled = ~active.cpu()
         return out
 
     def _to_user(self, x0_model: torch.Tensor) -> torch.Tensor:
@@ -226,6 +379,15 @@ class SpotState:
             return []
         return [(s, full, 1.0 if full else float(a.float().mean())) for s, full, a in run.history]
 
+    def describe(self) -> str:
+        if self.authors:
+            return ("authors code: their full steps (0-3, 13, 22, 31 of 50, scaled to the step count), "
+                    "their cache (a = cos^2(pi/2 * sigma/1000), latest keys of every token), settled tokens "
+                    "keep the previous step's velocity" + ("; Qwen-Image: selection kept until the next full "
+                                                           "step" if self.family is not FLUX else ""))
+        return (f"paper: warm-up {self.warmup}, a full step every {self.reset_every} steps, "
+                f"{self.schedule} fusion, settled tokens land on the source")
+
 
 def _reference_latent(guider) -> torch.Tensor | None:
     for cond in guider.conds.get("positive", []) or []:
@@ -235,11 +397,12 @@ def _reference_latent(guider) -> torch.Tensor | None:
     return None
 
 
-def patch_model(model, family: Family, selector: Selector, warmup: int, reset_every: int, schedule: str):
+def patch_model(model, family: Family, selector: Selector, warmup: int, reset_every: int, schedule: str,
+                mode: str = "paper"):
     """A clone of ``model`` with SpotEdit installed; returns (clone, state)."""
     dm = model.model.diffusion_model
     n = len(dm.single_blocks) if family is FLUX else len(dm.transformer_blocks)
-    state = SpotState(family, n, selector, warmup, reset_every, schedule)
+    state = SpotState(family, n, selector, warmup, reset_every, schedule, mode)
     state.base_model = model.model
     clone = model.clone()
     clone.model_options["transformer_options"][KEY] = state
