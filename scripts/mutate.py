@@ -11,6 +11,8 @@ Steps:
             .mutation/mutants/ and re-runs only mutants of functions that changed.
 2. run    - `nice mutmut run` with a time budget (MUTATE_BUDGET seconds, default 5400); what
             finished is kept, so a second `make mutate` carries on where the first stopped.
+   Before that, the named mechanism removals of mutation/removals.py are applied one at a
+   time to a scratch copy; each must make its tests fail (exit status 1 otherwise).
 3. report - killed / total per module; survivors not accepted in mutation/equivalent.txt are
             printed with their diff and written to .mutation/survivors.txt.
 
@@ -106,6 +108,40 @@ def run(budget: float, jobs: int, names: list[str]) -> bool:
     if proc.returncode not in (0, None):
         log(f"mutmut exited with {proc.returncode}")
     return True
+
+
+# --------------------------------------------------------------------------- named removals
+
+def check_removals() -> list[str]:
+    """Apply each removal of mutation/removals.py to a scratch copy and run its tests; return
+    the names of the removals no test noticed."""
+    import runpy
+
+    removals = runpy.run_path(str(PACK_DIR / "mutation" / "removals.py"))["REMOVALS"]
+    scratch = STAGE / "removal" / "precise_edit"
+    missed = []
+    for r in removals:
+        if scratch.parent.exists():
+            shutil.rmtree(scratch.parent)
+        shutil.copytree(STAGE / "precise_edit", scratch)
+        target = scratch / r["file"]
+        text = target.read_text()
+        if text.count(r["old"]) != 1:
+            log(f"removal '{r['name']}': the line to replace is not in {r['file']} (code changed?)")
+            missed.append(r["name"] + " (line not found)")
+            continue
+        target.write_text(text.replace(r["old"], r["new"]))
+        started = time.monotonic()
+        rc = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                             *r["tests"]], cwd=scratch, env=mutmut_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL).returncode
+        caught = rc == 1  # 1: tests failed; 0: all passed; others: could not run
+        log(f"removal '{r['name']}': {'caught' if caught else f'NOT caught (pytest exit {rc})'} "
+            f"({time.monotonic() - started:.0f} s)")
+        if not caught:
+            missed.append(r["name"])
+    shutil.rmtree(scratch.parent, ignore_errors=True)
+    return missed
 
 
 # ----------------------------------------------------------------------------------- report
@@ -232,16 +268,24 @@ def main() -> int:
                     help="seconds mutmut may run (default 5400, or $MUTATE_BUDGET)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATE_JOBS", 2)))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--removals-only", action="store_true", help="only check mutation/removals.py")
     ap.add_argument("names", nargs="*", help="mutant name globs to run (default: all)")
     args = ap.parse_args()
     if args.report_only:
         return report()
+    if args.removals_only:
+        stage()
+        return 1 if check_removals() else 0
     started = time.monotonic()
     stage()
+    missed = [] if args.names else check_removals()
     run(args.budget, args.jobs, args.names)
-    log(f"mutmut ran {time.monotonic() - started:.0f} s")
+    log(f"make mutate ran {time.monotonic() - started:.0f} s")
     # the report runs in a fresh interpreter: mutmut's state is read back from disk
-    return subprocess.run([sys.executable, __file__, "--report-only"], cwd=PACK_DIR).returncode
+    rc = subprocess.run([sys.executable, __file__, "--report-only"], cwd=PACK_DIR).returncode
+    for name in missed:
+        log(f"NOT CAUGHT: {name}")
+    return 1 if missed else rc
 
 
 if __name__ == "__main__":
