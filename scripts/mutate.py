@@ -159,7 +159,9 @@ def load_equivalents() -> list[dict]:
         - original line                             (exact text, stripped)
         + mutated line
         why: the reason no user can see the change
-    separated by blank lines; '#' lines are comments."""
+    separated by blank lines; '#' lines are comments. A class of mutants may be accepted with
+        match: <regex searched in "original line => mutated line">
+    instead of the two lines."""
     entries, cur = [], {}
     if not EQUIVALENT.is_file():
         return entries
@@ -177,9 +179,11 @@ def load_equivalents() -> list[dict]:
             cur["old"] = line[2:].strip()
         elif line.startswith("+ "):
             cur["new"] = line[2:].strip()
+        elif line.startswith("match:"):
+            cur["match"] = re.compile(line.split(":", 1)[1].strip())
         elif line.startswith("why:"):
             cur["why"] = line.split(":", 1)[1].strip()
-    bad = [e for e in entries if not {"function", "old", "new", "why"} <= e.keys()]
+    bad = [e for e in entries if not ({"function", "why"} <= e.keys() and ({"old", "new"} <= e.keys() or "match" in e))]
     if bad:
         sys.exit(f"mutation/equivalent.txt: incomplete entries {bad}")
     return entries
@@ -221,8 +225,9 @@ def report() -> int:
             old, new = _key_lines(diff)
             func = function_of(name)
             match = next((i for i, e in enumerate(equivalents)
-                          if fnmatch.fnmatchcase(func, e["function"]) and e["old"] == old
-                          and e["new"] == new), None)
+                          if fnmatch.fnmatchcase(func, e["function"])
+                          and ((e.get("old"), e.get("new")) == (old, new)
+                               or ("match" in e and e["match"].search(f"{old} => {new}")))), None)
             if match is not None:
                 used.add(match)
                 rows[module]["equivalent"] += 1
@@ -257,7 +262,7 @@ def report() -> int:
     if stale and not any(rows[m]["not run"] for m in rows):
         log(f"{len(stale)} entries of mutation/equivalent.txt matched no mutant (code changed?):")
         for e in stale:
-            print(f"  {e['function']}: - {e['old']}  + {e['new']}")
+            print(f"  {e['function']}: {e.get('match') or (e['old'], e['new'])}")
     log(f"survivors with diffs: {STAGE / 'survivors.txt'}")
     return 0
 
