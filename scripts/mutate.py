@@ -274,6 +274,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATE_JOBS", 2)))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--removals-only", action="store_true", help="only check mutation/removals.py")
+    ap.add_argument("--recheck", action="store_true",
+                    help="run the survivors of the last report again (after adding tests): mutmut keeps "
+                         "earlier verdicts unless a mutant is named")
     ap.add_argument("names", nargs="*", help="mutant name globs to run (default: all)")
     args = ap.parse_args()
     if args.report_only:
@@ -283,6 +286,12 @@ def main() -> int:
         return 1 if check_removals() else 0
     started = time.monotonic()
     stage()
+    if args.recheck:
+        subprocess.run([sys.executable, __file__, "--report-only"], cwd=PACK_DIR, stdout=subprocess.DEVNULL)
+        args.names = re.findall(r"^# (\S+): ", (STAGE / "survivors.txt").read_text(), flags=re.M)
+        log(f"re-running {len(args.names)} survivors")
+        if not args.names:
+            return 0
     missed = [] if args.names else check_removals()
     run(args.budget, args.jobs, args.names)
     log(f"make mutate ran {time.monotonic() - started:.0f} s")
