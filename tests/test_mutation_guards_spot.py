@@ -122,3 +122,43 @@ def test_settled_tokens_predict_the_source(s):
         assert (x[settled] - y_model[settled]).abs().max().item() > 1e-3 or step == 5  # not yet pasted
     # full steps are not forced onto the source
     assert (previews[0][1][settled] - y_model[settled]).abs().max().item() > 1e-2
+
+
+def test_qwen_image_keeps_another_nodes_block_patch():
+    """On Qwen-Image the token dropping wraps each transformer block; a block patch another
+    node installed before SpotEdit still runs on every block of every model call, and a
+    pass-through one leaves the edit unchanged."""
+    shape = (1, 16, 1, 8, 12)
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    base = tm.tiny_qwen_image(0)
+    cond = tm.stub_conditioning("qwen_image", "make the sky red", reference_latents=[y])
+    neg = tm.stub_conditioning("qwen_image", "", reference_latents=[y])
+    n_blocks = len(base.model.diffusion_model.transformer_blocks)
+    seen = []
+
+    def passthrough(i):
+        def patch(args, extra):
+            seen.append((i, args["img"].shape[1]))
+            return extra["original_block"](args)
+        return patch
+
+    other = base.clone()
+    for i in range(n_blocks):
+        other.set_model_patch_replace(passthrough(i), "dit", "double_block", i)
+    mask = torch.zeros(1, 64, 96)
+    mask[0, :32, :48] = 1
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=mask).args[0]
+    outs = []
+    for model in (base, other):
+        spot_model = SpotFusionSampler.execute(model, sel, WARMUP, 0, "cos2").args[0]
+        state = spot_model.model_options["transformer_options"]["precise_edit_spot"]
+        before = state.controller.calls
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            outs.append(comfy.sample.sample(spot_model, noise, 4, 1.0, "euler", "simple", cond, neg,
+                                            torch.zeros(shape), seed=0, disable_pbar=True))
+        assert state.controller.calls - before == 4  # one count per model call
+    assert torch.equal(outs[0], outs[1])
+    assert len(seen) == 4 * n_blocks
+    assert [n for _, n in seen[:n_blocks]] == [48] * n_blocks   # full step: image + reference tokens
+    assert [n for _, n in seen[-n_blocks:]] == [6] * n_blocks   # selective step: 6 active tokens
