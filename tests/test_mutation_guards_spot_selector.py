@@ -81,3 +81,13 @@ def test_perceptual_judge_falls_back_to_l4_once_with_a_note(caplog):
     assert sel.notes[0].startswith("SpotSelector: no perceptual features for a Identity VAE; using the L4 judge")
     warned = [r.getMessage() for r in caplog.records if "L4 judge" in r.getMessage()]
     assert warned == [sel.notes[0]]
+
+
+def test_a_model_never_sampled_has_no_fractions_to_preview():
+    import tiny_models as tm
+    from precise_edit.nodes.families import FLUX
+    from precise_edit.nodes.spot_edit.patch import patch_model, state_of
+
+    clone, state = patch_model(tm.tiny_flux(0), FLUX, Selector(judge="L4"), 2, 0, "cos2")
+    assert state_of(clone) is state and state.fractions() == []
+    assert state_of(tm.tiny_flux(0)) is None
