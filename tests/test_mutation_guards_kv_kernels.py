@@ -73,6 +73,17 @@ def test_converted_record_keeps_what_the_edit_needs():
     assert small.nbytes() == small.store.nbytes() + rec.trajectory.numel() * 4
 
 
+def test_record_loaded_as_saved_keeps_its_header(tmp_path):
+    rec = _record(mask_guided=True)
+    path = str(tmp_path / "r.bgkv.safetensors")
+    rec.save(path)
+    back = BackgroundRecord.load(path)
+    assert back.mask_guided is True and back.info == {"hidden": 16} and back.blocks == list(BLOCKS)
+    assert back.store.peak_bytes == back.store.nbytes() > 0
+    assert _names(back.store) == _names(rec.store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.bgkv.safetensors"]  # no partial file left
+
+
 def test_record_loaded_with_another_storage_keeps_its_header(tmp_path):
     rec = _record(mask_guided=True)
     path = str(tmp_path / "r.bgkv.safetensors")
@@ -114,6 +125,42 @@ def _broken(tmp_path, change):
 def test_a_broken_record_file_says_what_is_wrong(tmp_path, change, message):
     with pytest.raises(RecordError, match=message):
         BackgroundRecord.load(_broken(tmp_path, change))
+
+
+def _broken_fp8(tmp_path, change):
+    path = str(tmp_path / "f.bgkv.safetensors")
+    _record(storage="fp8").save(path)
+    with safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(path)
+    change(tensors, meta)
+    save_file(tensors, path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t, m: t.__setitem__("kv.ks.0.double.0", t["kv.ks.0.double.0"].double()),
+     r"missing or malformed fp8 scale kv\.ks\.0\.double\.0"),
+    (lambda t, m: t.__setitem__("kv.vs.1.single.1", t["kv.vs.1.single.1"].repeat(2)),
+     r"missing or malformed fp8 scale kv\.vs\.1\.single\.1"),
+    (lambda t, m: t.update({f"kv.k.{i}.double.7": t["kv.k.0.double.0"].clone() for i in range(6)}),
+     r"unexpected tensors in the record: \['kv\.k\.0\.double\.7', 'kv\.k\.1\.double\.7', "
+     r"'kv\.k\.2\.double\.7', 'kv\.k\.3\.double\.7', 'kv\.k\.4\.double\.7'\]"),
+    (lambda t, m: m.__setitem__("format", "other"),
+     r"^this safetensors file is not a background key/value record \(saved by BackgroundKVCache\)$"),
+    (lambda t, m: m.__setitem__("version", "99"), r"^record format version '99' is not supported \(expected "),
+])
+def test_a_broken_fp8_record_or_foreign_file_says_what_is_wrong(tmp_path, change, message):
+    with pytest.raises(RecordError, match=message):
+        BackgroundRecord.load(_broken_fp8(tmp_path, change))
+
+
+def test_a_truncated_file_names_the_error(tmp_path):
+    path = tmp_path / "t.bgkv.safetensors"
+    _record().save(str(path))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(RecordError, match=r"^cannot read t\.bgkv\.safetensors as a safetensors record \(\w*Error: "):
+        BackgroundRecord.load(str(path))
 
 
 def test_a_one_step_record_loads(tmp_path):

@@ -119,3 +119,13 @@ def test_identical_images_keep_only_the_top_token_active():
     assert t == 0.0 and act.dtype == torch.bool
     assert act[0].flatten().tolist() == [True] + [False] * 5
     assert act[1].flatten().tolist() == [False] * 5 + [True]
+
+
+def test_reset_every_one_makes_every_later_step_full():
+    assert [spot.is_full_step(s, 2, 1) for s in range(6)] == [True, True, False, True, True, True]
+    assert [spot.is_full_step(s, 2, 0) for s in range(6)] == [True, True, False, False, False, False]
+
+
+def test_unknown_fusion_schedule_message():
+    with pytest.raises(ValueError, match=r"^schedule must be one of \('cos2', 'static'\)$"):
+        spot.fusion_weight(0.5, "linear")
