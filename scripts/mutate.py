@@ -76,7 +76,8 @@ def run(budget: float, jobs: int, names: list[str]) -> bool:
     """Run mutmut for at most ``budget`` seconds; False when stopped by the budget."""
     cmd = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs),
            *names]
-    log(f"$ {' '.join(cmd)}  (budget {budget:.0f} s)")
+    shown = cmd if len(names) <= 5 else cmd[:-len(names)] + [f"<{len(names)} mutant names>"]
+    log(f"$ {' '.join(shown)}  (budget {budget:.0f} s)")
     proc = subprocess.Popen(cmd, cwd=STAGE, env=mutmut_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + budget
@@ -275,8 +276,8 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--removals-only", action="store_true", help="only check mutation/removals.py")
     ap.add_argument("--recheck", action="store_true",
-                    help="run the survivors of the last report again (after adding tests): mutmut keeps "
-                         "earlier verdicts unless a mutant is named")
+                    help="run the survivors of the last report again (after adding tests; mutmut keeps "
+                         "earlier verdicts unless a mutant is named); with NAME_GLOBs, only those")
     ap.add_argument("names", nargs="*", help="mutant name globs to run (default: all)")
     args = ap.parse_args()
     if args.report_only:
@@ -288,7 +289,8 @@ def main() -> int:
     stage()
     if args.recheck:
         subprocess.run([sys.executable, __file__, "--report-only"], cwd=PACK_DIR, stdout=subprocess.DEVNULL)
-        args.names = re.findall(r"^# (\S+): ", (STAGE / "survivors.txt").read_text(), flags=re.M)
+        survivors = re.findall(r"^# (\S+): ", (STAGE / "survivors.txt").read_text(), flags=re.M)
+        args.names = [n for n in survivors if not args.names or any(fnmatch.fnmatchcase(n, g) for g in args.names)]
         log(f"re-running {len(args.names)} survivors")
         if not args.names:
             return 0
