@@ -1,0 +1,164 @@
+"""SpotEdit behaviour that mutation testing found unguarded (issue 14): the cos^2 fusion of
+cached and reference keys/values, and the velocity given to settled tokens. Both are checked
+in the whole FLUX.1 Kontext model path (tiny random weights)."""
+import math
+import types
+
+import pytest
+import torch
+
+import comfy.sample
+import tiny_models as tm
+from precise_edit.nodes.spot_edit.nodes import SpotFusionSampler, SpotSelector
+
+SHAPE = (1, 16, 8, 12)  # latent 8 x 12 -> 4 x 6 tokens
+WARMUP = 2
+
+
+@pytest.fixture(scope="module")
+def s():
+    y = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    return types.SimpleNamespace(model=tm.tiny_flux(0), y=y,
+                                 cond=tm.stub_conditioning("flux", "make the sky red", reference_latents=[y]),
+                                 neg=tm.stub_conditioning("flux", "", reference_latents=[y]))
+
+
+@pytest.fixture(autouse=True)
+def _temp(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path))
+
+
+def _patched(s, fusion):
+    mask = torch.zeros(1, 64, 96)
+    mask[0, :32, :48] = 1  # tokens rows 0-1, columns 0-2 stay active; the rest settle
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=mask).args[0]
+    return SpotFusionSampler.execute(s.model, sel, WARMUP, 0, fusion).args[0]
+
+
+def _sample(s, model, callback=None, steps=6):
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", s.cond, s.neg, torch.zeros(SHAPE),
+                                   seed=0, disable_pbar=True, callback=callback)
+
+
+def _settled():
+    settled = torch.ones(SHAPE, dtype=torch.bool)
+    settled[..., :4, :6] = False
+    return settled
+
+
+def test_fusion_schedule_changes_the_edit(s):
+    """cos^2 fusion mixes reference keys/values into the cache; a static cache does not: the
+    computed tokens differ, the settled ones are the source in both."""
+    outs = {f: _sample(s, _patched(s, f)) for f in ("cos2", "static")}
+    settled = _settled()
+    for out in outs.values():
+        assert torch.equal(out[settled], s.y[settled])
+    assert (outs["cos2"][~settled] - outs["static"][~settled]).abs().max().item() > 1e-3
+
+
+def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
+    """What attention sees for settled tokens on a selective step: a * cached + (1 - a) * reference
+    keys and values, a = cos^2(pi sigma / 2), from the last full step's record."""
+    model = _patched(s, "cos2")
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    orig = state.controller._make_override
+    seen = []
+
+    def spy(previous):
+        inner = orig(previous)
+
+        def override(func, q, k, v, heads, *a, **kw):
+            to = kw.get("transformer_options") or {}
+
+            def attention(q2, k2, v2, *a2, **kw2):
+                if to.get("block_type") == "double" and to.get("block_index") == 0:
+                    seen.append((float(to["sigmas"].flatten()[0]), k.shape[2], k2.clone(), v2.clone()))
+                return func(q2, k2, v2, *a2, **kw2)
+            return inner(attention, q, k, v, heads, *a, **kw)
+        return override
+
+    state.controller._make_override = spy
+    try:
+        _sample(s, model)
+    finally:
+        state.controller._make_override = orig
+    n_img = 24
+    full_k, full_v = seen[WARMUP - 1][2], seen[WARMUP - 1][3]  # the last full step's record
+    txt = full_k.shape[2] - 2 * n_img
+    img_k, ref_k = full_k[:, :, txt:txt + n_img], full_k[:, :, txt + n_img:]
+    img_v, ref_v = full_v[:, :, txt:txt + n_img], full_v[:, :, txt + n_img:]
+    active = torch.zeros(4, 6, dtype=torch.bool)
+    active[:2, :3] = True
+    idx = (~active.flatten()).nonzero().flatten()
+    selective = seen[WARMUP:]
+    assert len(selective) == 4
+    weights = [math.cos(math.pi * sigma / 2) ** 2 for sigma, *_ in selective]
+    assert all(0.0 < a < 1.0 for a in weights) and any(0.2 < a < 0.8 for a in weights)
+    for sigma, computed, k2, v2 in selective:
+        a = math.cos(math.pi * sigma / 2) ** 2
+        got_k, got_v = k2[:, :, computed:computed + idx.numel()], v2[:, :, computed:computed + idx.numel()]
+        want_k = a * img_k[:, :, idx] + (1 - a) * ref_k[:, :, idx]
+        want_v = a * img_v[:, :, idx] + (1 - a) * ref_v[:, :, idx]
+        assert torch.allclose(got_k, want_k, atol=1e-5) and torch.allclose(got_v, want_v, atol=1e-5)
+        # the reference tokens follow, unchanged
+        assert torch.equal(k2[:, :, computed + idx.numel():], ref_k)
+
+
+def test_settled_tokens_predict_the_source(s):
+    """On selective steps the sampler's clean estimate of every settled token is the source
+    latent (model space): the velocity given to them is (x - Y) / sigma."""
+    model = _patched(s, "cos2")
+    y_model = s.model.model.process_latent_in(s.y)
+    settled = _settled()
+    previews = []
+    _sample(s, model, callback=lambda step, x0, x, total: previews.append((step, x0.clone(), x.clone())))
+    assert len(previews) == 6
+    for step, x0, x in previews[WARMUP:]:
+        assert (x0[settled] - y_model[settled]).abs().max().item() < 1e-4, step
+        assert (x[settled] - y_model[settled]).abs().max().item() > 1e-3 or step == 5  # not yet pasted
+    # full steps are not forced onto the source
+    assert (previews[0][1][settled] - y_model[settled]).abs().max().item() > 1e-2
+
+
+def test_qwen_image_keeps_another_nodes_block_patch():
+    """On Qwen-Image the token dropping wraps each transformer block; a block patch another
+    node installed before SpotEdit still runs on every block of every model call, and a
+    pass-through one leaves the edit unchanged."""
+    shape = (1, 16, 1, 8, 12)
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    base = tm.tiny_qwen_image(0)
+    cond = tm.stub_conditioning("qwen_image", "make the sky red", reference_latents=[y])
+    neg = tm.stub_conditioning("qwen_image", "", reference_latents=[y])
+    n_blocks = len(base.model.diffusion_model.transformer_blocks)
+    seen = []
+
+    def passthrough(i):
+        def patch(args, extra):
+            seen.append((i, args["img"].shape[1]))
+            return extra["original_block"](args)
+        return patch
+
+    other = base.clone()
+    for i in range(n_blocks):
+        other.set_model_patch_replace(passthrough(i), "dit", "double_block", i)
+    mask = torch.zeros(1, 64, 96)
+    mask[0, :32, :48] = 1
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=mask).args[0]
+    outs = []
+    for model in (base, other):
+        spot_model = SpotFusionSampler.execute(model, sel, WARMUP, 0, "cos2").args[0]
+        state = spot_model.model_options["transformer_options"]["precise_edit_spot"]
+        before = state.controller.calls
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            outs.append(comfy.sample.sample(spot_model, noise, 4, 1.0, "euler", "simple", cond, neg,
+                                            torch.zeros(shape), seed=0, disable_pbar=True))
+        assert state.controller.calls - before == 4  # one count per model call
+    assert torch.equal(outs[0], outs[1])
+    assert len(seen) == 4 * n_blocks
+    assert [n for _, n in seen[:n_blocks]] == [48] * n_blocks   # full step: image + reference tokens
+    assert [n for _, n in seen[-n_blocks:]] == [6] * n_blocks   # selective step: 6 active tokens
