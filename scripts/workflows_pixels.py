@@ -35,7 +35,7 @@ def _image(wf: Workflow, name: str, pos, title: str) -> int:
 
 
 def _surgery(wf: Workflow, pos, placement="fit") -> int:
-    return wf.node("ExemplarLatentSurgery", pos, widgets=[placement, "fit", "fit"], inputs=SURGERY_INPUTS,
+    return wf.node("ExemplarLatentSurgery", pos, widgets=[placement, "fit", "fit", "linear", 2.0, 6.0], inputs=SURGERY_INPUTS,
                    outputs=[("model", "MODEL"), ("latent", "LATENT")], size=(340, 300))
 
 
