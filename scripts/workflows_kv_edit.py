@@ -37,7 +37,7 @@ def _source_image(wf: Workflow, vae, pos):
 
 
 def kv_edit_flux_dev() -> Workflow:
-    wf = Workflow("kv_edit_flux_dev")
+    wf = Workflow("kv_edit_flux_dev", "KV-Edit - edit a masked region (FLUX.1-dev)")
     wf.note((20, -230), "**KV-Edit (FLUX.1-dev)**: paint the region to change in Load Image's mask editor. "
                         "KV-Edit Invert records the background's attention keys/values once; KV-Edit Sampler "
                         "regenerates only the masked tokens with the target prompt, so everything outside the "
@@ -89,7 +89,7 @@ def kv_edit_flux_dev() -> Workflow:
 
 
 def kv_edit_invert_once_many_prompts() -> Workflow:
-    wf = Workflow("kv_edit_invert_once_many_prompts")
+    wf = Workflow("kv_edit_invert_once_many_prompts", "KV-Edit - invert once, edit with many prompts (FLUX.1-dev)")
     wf.note((20, -230), "**Invert once, edit many times**: Load Background KV reads a record saved by Background "
                         "KV Cache (put the file from output/kv_cache/ into input/). Each KV-Edit Sampler tries "
                         "another prompt, seed or skip count without inverting again, also after a restart. "

@@ -52,7 +52,7 @@ def _ksampler(wf: Workflow, pos, seed: int, denoise: float = 0.6) -> int:
 
 
 def pixels_exemplar_surgery_sdxl() -> Workflow:
-    wf = Workflow("pixels_exemplar_surgery_sdxl")
+    wf = Workflow("pixels_exemplar_surgery_sdxl", "PIXELS - exemplar latent surgery (SDXL)")
     wf.note((20, -220), "**Exemplar Latent Surgery** (PIXELS): put an exemplar picture into a region of your "
                         "image.\n\n1. Source: paint the region in the mask editor (right click > Open in "
                         "MaskEditor).\n2. Exemplar: any picture; it is fitted into the region's bounding box.\n"
@@ -94,7 +94,7 @@ def pixels_exemplar_surgery_sdxl() -> Workflow:
 
 
 def pixels_progressive_two_exemplars_sdxl() -> Workflow:
-    wf = Workflow("pixels_progressive_two_exemplars_sdxl")
+    wf = Workflow("pixels_progressive_two_exemplars_sdxl", "PIXELS - progressive edit with two exemplars (SDXL)")
     wf.note((20, -220), "**Progressive exemplar edits**: the first surgery's sampled latent is the source of "
                         "the second. Each edit adds one exemplar in its own region; everything outside both "
                         "regions stays bit-exact (no VAE round trip between the edits).\n\nPaint region 1 "

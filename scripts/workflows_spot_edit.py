@@ -45,7 +45,7 @@ def _finish(wf: Workflow, model, pos_cond, neg_cond, latent, vae, image, x, step
 
 
 def spot_edit_flux_kontext() -> Workflow:
-    wf = Workflow("spot_edit_flux_kontext")
+    wf = Workflow("spot_edit_flux_kontext", "SpotEdit - fast instruction edit (FLUX.1 Kontext)")
     wf.note((20, -230), "**SpotEdit (FLUX.1 Kontext)**: the usual Kontext edit (ReferenceLatent -> KSampler) with "
                         "SpotEdit patched into the model. After 4 warm-up steps only the tokens that still change "
                         "are computed; the rest are reused and end bit-exact on the source. SpotEdit Preview shows "
@@ -85,7 +85,7 @@ def spot_edit_flux_kontext() -> Workflow:
 
 
 def spot_edit_qwen_image_edit() -> Workflow:
-    wf = Workflow("spot_edit_qwen_image_edit")
+    wf = Workflow("spot_edit_qwen_image_edit", "SpotEdit - fast instruction edit (Qwen-Image-Edit)")
     wf.note((20, -230), "**SpotEdit (Qwen-Image-Edit)**: TextEncodeQwenImageEdit gives the instruction (and the "
                         "image to the vision-language encoder); ReferenceLatent adds the encoded source at the "
                         "output's size. SpotEdit (tau 0.15, one token of dilation, as suits Qwen-Image-Edit) "

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / "workflows").glob("*.json"))
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -42,9 +43,37 @@ def test_workflows_are_generated_from_scripts():
         mod = importlib.util.module_from_spec(spec)
         sys.modules["build_workflows"] = mod
         spec.loader.exec_module(mod)
-        built = {make().title: make() for make in mod.all_workflows()}
+        built = {mod.file_stem(make()): make() for make in mod.all_workflows()}
     finally:
         sys.path.remove(str(scripts))
     assert sorted(built) == [p.stem for p in WORKFLOWS]
+    assert not (ROOT / "workflows").exists(), "workflows/ is the old folder: run scripts/build_workflows.py"
     for p in WORKFLOWS:
         assert json.loads(p.read_text()) == built[p.stem].to_json(), f"{p.name} is stale: rebuild it"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_every_workflow_has_a_thumbnail_and_a_readable_title(path):
+    """The template browser titles a card with the file name and shows ``<name>.jpg``."""
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.exists(), f"{thumb.name} missing: run scripts/build_workflows.py with Pillow"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size == (512, 512)
+    assert " " in path.stem and "_" not in path.stem, f"{path.stem!r} reads like a slug, not a title"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_saved_view_shows_the_note(path):
+    """The saved view puts the note's top-left corner right of the sidebar and below the
+    menus of a 1600x900 window, at a readable scale (the browser test checks the real UI)."""
+    wf = json.loads(path.read_text())
+    ds = wf["extra"]["ds"]
+    notes = [n for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")]
+    assert notes, "every shipped workflow opens with a note"
+    n = notes[0]
+    sx = (n["pos"][0] + ds["offset"][0]) * ds["scale"]
+    sy = (n["pos"][1] - 30 + ds["offset"][1]) * ds["scale"]
+    assert 70 <= sx <= 400 and 90 <= sy <= 400, (sx, sy)
+    assert 0.5 <= ds["scale"] <= 1.0
