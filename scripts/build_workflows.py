@@ -40,6 +40,9 @@ VIEW_BOX = (90, 150, 1400, 690)       # left, top, right, bottom of the area a s
 MIN_SCALE = 0.55                      # below this the node text is unreadable
 COL_GAP, ROW_GAP = 50, 30             # between node boxes (title bar included)
 NOTE_TYPES = {"MarkdownNote", "Note"}
+# Example pictures the workflows load, drawn by scripts/make_example_images.py and copied into
+# ComfyUI's input folder when the pack loads (nodes/examples.py); their prompts describe them.
+EXAMPLE_IMAGE = "precise_edit_cat_on_bench.png"   # a grey cat on a wooden bench; the cat is the painted region
 class Workflow:
     def __init__(self, title: str, label: str | None = None):
         """``title``: a stable slug (the workflow's id is derived from it); ``label``: the
@@ -232,11 +235,12 @@ def _pack_node_types() -> set[str]:
 def edit_region_preview_flux() -> Workflow:
     wf = Workflow("edit_region_preview_flux", "Edit Region Preview (FLUX)")
     wf.note((20, -200), "**Edit Region Preview** shows which 16 px FLUX tokens an edit will regenerate "
-                        "(red) and which it keeps (blue).\n\nPaint the region to edit in the Load Image "
-                        "node's mask editor (right click > Open in MaskEditor), then queue.")
+                        "(red) and which it keeps (blue).\n\nThe example picture comes with its region (the cat) painted; "
+                        "paint your own in the Load Image node's mask editor (right click > Open in MaskEditor), "
+                        "then queue.")
     unet = wf.node("UNETLoader", (20, 20), widgets=["flux1-dev.safetensors", "default"],
                    outputs=[("MODEL", "MODEL")], size=(320, 90))
-    img = wf.node("LoadImage", (20, 160), widgets=["example.png", "image"],
+    img = wf.node("LoadImage", (20, 160), widgets=[EXAMPLE_IMAGE, "image"],
                   outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], size=(320, 320))
     prev = wf.node("EditRegionPreview", (400, 60), inputs=[("model", "MODEL"), ("image", "IMAGE"), ("mask", "MASK")],
                    outputs=[("overlay", "IMAGE"), ("computed_fraction", "FLOAT")], size=(320, 320))

@@ -17,11 +17,11 @@ SURGERY_INPUTS = [("model", "MODEL"), ("source", "LATENT"), ("change_map", "MASK
                   ("region_2", "MASK"), ("exemplar_3", "IMAGE,LATENT"), ("region_3", "MASK")]
 
 
-def _common(wf: Workflow):
+def _common(wf: Workflow, prompt: str):
     ckpt = wf.node("CheckpointLoaderSimple", (20, 20), widgets=[CKPT],
                    outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], size=(320, 100))
-    pos = wf.node("CLIPTextEncode", (20, 170), widgets=["a photo"], inputs=[("clip", "CLIP")],
-                  outputs=[("CONDITIONING", "CONDITIONING")], size=(320, 110), title="Prompt (may stay short)")
+    pos = wf.node("CLIPTextEncode", (20, 170), widgets=[prompt], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], size=(320, 110), title="Prompt (describes the result)")
     neg = wf.node("CLIPTextEncode", (20, 310), widgets=[""], inputs=[("clip", "CLIP")],
                   outputs=[("CONDITIONING", "CONDITIONING")], size=(320, 110), title="Negative")
     wf.link(ckpt, 1, pos, "clip")
@@ -54,14 +54,15 @@ def _ksampler(wf: Workflow, pos, seed: int, denoise: float = 0.6) -> int:
 def pixels_exemplar_surgery_sdxl() -> Workflow:
     wf = Workflow("pixels_exemplar_surgery_sdxl", "PIXELS - exemplar latent surgery (SDXL)")
     wf.note((20, -220), "**Exemplar Latent Surgery** (PIXELS): put an exemplar picture into a region of your "
-                        "image.\n\n1. Source: paint the region in the mask editor (right click > Open in "
-                        "MaskEditor).\n2. Exemplar: any picture; it is fitted into the region's bounding box.\n"
+                        "image.\n\n1. Source: the region is painted in the mask editor (right click > Open in "
+                        "MaskEditor); the example has the sky region painted.\n2. Exemplar: any picture; it is fitted into the region's bounding box.\n"
                         "3. Edit Strength Map turns the region into a change map (1 = change, 0 = keep), "
                         "feathered outward.\n\nPixels with change 0 come back bit-exact. Denoise below 1 keeps "
                         "the exemplar's layout.", size=(520, 200))
-    ckpt, pos, neg = _common(wf)
-    src = _image(wf, "pixels_source.png", (380, 20), "Source (paint the region)")
-    ex = _image(wf, "pixels_exemplar.png", (380, 380), "Exemplar")
+    ckpt, pos, neg = _common(wf, "a flat illustration of a red and yellow striped hot-air balloon over green hills "
+                                 "under a blue sky")
+    src = _image(wf, "precise_edit_hills.png", (380, 20), "Source (region painted)")
+    ex = _image(wf, "precise_edit_balloon.png", (380, 380), "Exemplar")
     enc = wf.node("VAEEncode", (740, 20), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                   outputs=[("LATENT", "LATENT")], size=(220, 60))
     smap = _strength(wf, (740, 120))
@@ -100,11 +101,12 @@ def pixels_progressive_two_exemplars_sdxl() -> Workflow:
                         "regions stays bit-exact (no VAE round trip between the edits).\n\nPaint region 1 "
                         "on the source image and region 2 on the 'Region 2' image (same size as the source).",
              size=(520, 180))
-    ckpt, pos, neg = _common(wf)
-    src = _image(wf, "pixels_source.png", (380, 20), "Source (paint region 1)")
-    ex1 = _image(wf, "pixels_exemplar_a.png", (380, 380), "Exemplar 1")
-    reg2 = _image(wf, "pixels_region_b.png", (380, 740), "Region 2 (paint it)")
-    ex2 = _image(wf, "pixels_exemplar_b.png", (380, 1100), "Exemplar 2")
+    ckpt, pos, neg = _common(wf, "a flat illustration of a striped hot-air balloon over green hills and a small "
+                                 "red house with a grey roof")
+    src = _image(wf, "precise_edit_hills.png", (380, 20), "Source (region 1 painted)")
+    ex1 = _image(wf, "precise_edit_balloon.png", (380, 380), "Exemplar 1")
+    reg2 = _image(wf, "precise_edit_hills_region_2.png", (380, 740), "Region 2 (painted on the source)")
+    ex2 = _image(wf, "precise_edit_house.png", (380, 1100), "Exemplar 2")
     enc = wf.node("VAEEncode", (740, 20), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                   outputs=[("LATENT", "LATENT")], size=(220, 60))
     map1 = _strength(wf, (740, 120))

@@ -77,3 +77,38 @@ def test_saved_view_shows_the_note(path):
     sy = (n["pos"][1] - 30 + ds["offset"][1]) * ds["scale"]
     assert 70 <= sx <= 400 and 90 <= sy <= 400, (sx, sy)
     assert 0.5 <= ds["scale"] <= 1.0
+
+
+def _load_images(wf: dict) -> list[str]:
+    return [n["widgets_values"][0] for n in wf["nodes"] if n["type"] in ("LoadImage", "LoadImageMask")]
+
+
+def test_every_example_picture_is_shipped_and_generated_by_the_script():
+    """Every picture a workflow loads is shipped in example_workflows/input/, none is unused,
+    and each equals what scripts/make_example_images.py draws (pixels, alpha included)."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    shipped = {p.name for p in (ROOT / "example_workflows" / "input").glob("*.png")}
+    named = {name for p in WORKFLOWS for name in _load_images(json.loads(p.read_text()))}
+    assert named == shipped, f"named but not shipped: {named - shipped}; shipped but unused: {shipped - named}"
+    spec = importlib.util.spec_from_file_location("make_example_images", ROOT / "scripts" / "make_example_images.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in shipped:
+        with Image.open(ROOT / "example_workflows" / "input" / name) as im:
+            assert np.array_equal(np.asarray(im), np.asarray(mod.IMAGES[name]())), f"{name} is stale: rerun the script"
+
+
+def test_source_pictures_come_with_their_region_painted():
+    """Load Image's MASK is the transparent part: the KV-Edit / SpotEdit / PIXELS sources
+    have a non-empty, partial edit region so the templates run as they open."""
+    import numpy as np
+    from PIL import Image
+
+    for name in ("precise_edit_cat_on_bench.png", "precise_edit_hills.png", "precise_edit_hills_region_2.png"):
+        with Image.open(ROOT / "example_workflows" / "input" / name) as im:
+            alpha = np.asarray(im)[..., 3]
+        assert 0.02 < float((alpha < 128).mean()) < 0.5, name

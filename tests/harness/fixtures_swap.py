@@ -56,15 +56,18 @@ def swap_loaders(prompt: dict) -> str:
 
 
 def write_input_images(prompt: dict, input_dir: Path, size=(96, 64)) -> list[str]:
-    """Create every image a ``LoadImage`` node names; returns the file names."""
+    """Write a small picture for every image a ``LoadImage`` node names (over the pack's own
+    example of that name); returns the file names."""
     input_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for node in prompt.values():
         if node["class_type"] not in ("LoadImage", "LoadImageMask"):
             continue
         name = node["inputs"].get("image")
-        if not name or (input_dir / name).exists():
+        if not name or name in written:
             continue
+        # Replaces the pack's own example picture of that name (copied in on start): tiny
+        # fixture models run at this small size.
         w, h = size
         yy, xx = np.mgrid[0:h, 0:w]
         rgb = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 7.0) * np.cos(yy / 5.0)], -1)
