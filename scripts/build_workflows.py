@@ -292,7 +292,8 @@ def main() -> None:
             pillow = False
         print(f"wrote {path.relative_to(ROOT)}")
     for old in OUT.glob("*"):
-        if old.suffix in (".json", ".jpg") and old.name not in written:
+        stale_kinds = (".json", ".jpg") if pillow else (".json",)   # without Pillow, keep the thumbnails
+        if old.suffix in stale_kinds and old.name not in written:
             old.unlink()
             print(f"removed stale {old.relative_to(ROOT)}")
     if LEGACY_OUT.is_dir() and all(p.suffix == ".json" for p in LEGACY_OUT.iterdir()):

@@ -148,6 +148,7 @@ def test_lora_changes_kv_edit(server, object_info):
     unchanged = _edit_latent(server, zero, "zero")
     assert torch.equal(unchanged, plain), "a LoRA at strength 0 must not change the edit"
     diff = (edited - plain).abs()
-    # latents are ~1: the model's velocity moves the edited tokens by ~1e-2 over the run
-    assert float(diff.max()) > 1e-3, (
+    # relative to the latent's own size (at |x| ~ 4e7 a LoRA's change vanishes in rounding)
+    print(f"LoRA change: max {float(diff.max()):.4g}, latent max {float(plain.abs().max()):.4g}")
+    assert float(diff.max()) > 1e-3 * float(plain.abs().max()), (
         f"the LoRA did not change the KV-Edit result (max difference {float(diff.max()):.3g})")
