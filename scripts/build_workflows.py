@@ -37,7 +37,7 @@ LEGACY_OUT = ROOT / "workflows"       # where earlier versions wrote them
 # tabs and menu bar y < 78, the run toolbar the top right and the minimap the bottom right.
 TITLE_H = 30
 VIEW_BOX = (90, 150, 1400, 690)       # left, top, right, bottom of the area a saved view fills
-MIN_SCALE = 0.55                      # below this the node text is unreadable
+MIN_SCALE = 0.65                      # below ~0.57 the frontend stops drawing node text (LOD: 14 px font < 8 px)
 COL_GAP, ROW_GAP = 50, 30             # between node boxes (title bar included)
 NOTE_TYPES = {"MarkdownNote", "Note"}
 # Example pictures the workflows load, drawn by scripts/make_example_images.py and copied into

@@ -109,5 +109,6 @@ def test_workflow_in_the_frontend(ui, path):
     assert screen((first_x, 0, 0, 0))[0] >= side_right, "the first column is under the sidebar"
     boxes = [screen(n["bounding"]) for n in info["nodes"]]
     in_view = [b for b in boxes if b[0] + b[2] <= cl + cw and b[1] + b[3] <= ct + ch]
-    assert len(in_view) >= 0.6 * len(boxes), (
+    assert not info["low_quality"], f"at scale {scale} the frontend draws nodes without their text"
+    assert len(in_view) >= 0.5 * len(boxes), (
         f"only {len(in_view)} of {len(boxes)} nodes are in view at scale {scale}")

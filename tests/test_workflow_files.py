@@ -76,7 +76,7 @@ def test_saved_view_shows_the_note(path):
     sx = (n["pos"][0] + ds["offset"][0]) * ds["scale"]
     sy = (n["pos"][1] - 30 + ds["offset"][1]) * ds["scale"]
     assert 70 <= sx <= 400 and 90 <= sy <= 400, (sx, sy)
-    assert 0.5 <= ds["scale"] <= 1.0
+    assert 0.6 <= ds["scale"] <= 1.0
 
 
 def _load_images(wf: dict) -> list[str]:

@@ -121,7 +121,7 @@ const [wf, done] = [arguments[0], arguments[arguments.length - 1]];
         canvas: [canvasRect.left, canvasRect.top, canvasRect.width, canvasRect.height],
         sidebar: sideRect ? [sideRect.left, sideRect.top, sideRect.width, sideRect.height] : null,
         topbar: topRect ? [topRect.left, topRect.top, topRect.width, topRect.height] : null,
-        title_height: LG.NODE_TITLE_HEIGHT});
+        title_height: LG.NODE_TITLE_HEIGHT, low_quality: !!window.app.canvas.low_quality});
 })();
 """
 
