@@ -1,8 +1,9 @@
 """Example workflows for exemplar-driven latent surgery (PIXELS): ExemplarLatentSurgery and
 EditStrengthMap on SDXL, a single edit and a progressive two-exemplar edit.
 
-Masks come from the Load Image nodes' alpha (paint them in the mask editor). Built by
-``python3 scripts/build_workflows.py``.
+Masks come from the Load Image nodes' alpha (painted in the mask editor; the example pictures
+come with theirs). Built by
+``.venv/bin/python scripts/build_workflows.py``.
 """
 from __future__ import annotations
 
