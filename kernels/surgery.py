@@ -8,6 +8,8 @@ exemplar / regenerate freely) and 0 = keep the source, as ComfyUI masks do.
   the model's result. A pixel with change ``c`` is therefore held for its first
   ``ceil((1 - c) N)`` steps and then evolves freely; ``C = 0`` is held all the way,
   ``C = 1`` never.
+  The threshold ``i / N`` can follow another curve (``power``, ``sigmoid``; see
+  :func:`pin_threshold`).
 * **Change maps** are clamped to ``[0, 1]`` and resized to the latent grid (area averaging
   when shrinking, so a constant 0 or 1 region stays exactly 0 or 1).
 * **Placement** puts an exemplar into a region's bounding box: ``fit`` (keep the aspect,
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 PLACEMENTS = ("fit", "fill", "stretch")
+PIN_CURVES = ("linear", "power", "sigmoid")
 COMBINE_OPS = ("max", "min", "multiply")
 
 
@@ -86,11 +89,38 @@ def match_batch(m: torch.Tensor, batch: int, what: str) -> torch.Tensor:
 
 # ------------------------------------------------------------------------ pinning schedule
 
-def pinned(change: torch.Tensor, step: int, steps: int) -> torch.Tensor:
-    """Bool: which pixels are held to the source at step ``step`` of ``steps``: ``1 - C > i/N``."""
+def pin_threshold(step: int, steps: int, curve: str = "linear", power: float = 2.0,
+                  steepness: float = 6.0) -> float:
+    """Threshold ``t_i`` of step ``i`` of ``N``: a pixel is pinned while ``1 - C > t_i``.
+
+    The curve shapes the authors' code sketches (``diffusion_pipe.py``, PIXELS 9b1e5a8):
+    ``linear`` ``t = i/N`` (their default), ``power`` ``t = (i/N) ** p`` (they sketch p = 2
+    and 3: pixels are released later, keeping the source longer), ``sigmoid``
+    ``t = sigmoid(k (i/N - 1/2))`` (they sketch k = 6, i.e. ``sigmoid(6 i/N - 3)``, not
+    renormalised). Every curve stays below 1 for ``i < N``, so ``C = 0`` is pinned at every
+    step, and at or above 0, so ``C = 1`` is never pinned.
+    """
     if steps < 1:
         raise SurgeryError(f"steps must be >= 1, got {steps}")
-    return (1.0 - change) > (step / steps)
+    x = step / steps
+    if curve == "linear":
+        return x
+    if curve == "power":
+        if not (power > 0 and math.isfinite(power)):
+            raise SurgeryError(f"the power curve's exponent must be a positive number, got {power}")
+        return x ** float(power)
+    if curve == "sigmoid":
+        if not (steepness > 0 and math.isfinite(steepness)):
+            raise SurgeryError(f"the sigmoid curve's steepness must be a positive number, got {steepness}")
+        return 1.0 / (1.0 + math.exp(-float(steepness) * (x - 0.5)))
+    raise SurgeryError(f"pinning curve must be one of {', '.join(PIN_CURVES)}, got {curve!r}")
+
+
+def pinned(change: torch.Tensor, step: int, steps: int, curve: str = "linear", power: float = 2.0,
+           steepness: float = 6.0) -> torch.Tensor:
+    """Bool: which pixels are held to the source at step ``step`` of ``steps``:
+    ``1 - C > t_i`` with ``t_i`` from :func:`pin_threshold` (``i/N`` for the linear curve)."""
+    return (1.0 - change) > pin_threshold(step, steps, curve, power, steepness)
 
 
 def step_index(sigma: float, sigmas: torch.Tensor, rtol: float = 1e-4) -> int:
@@ -110,11 +140,12 @@ def step_index(sigma: float, sigmas: torch.Tensor, rtol: float = 1e-4) -> int:
     return min(max(count - 1, 0), n - 1)
 
 
-def free_mask(change: torch.Tensor, sigma: float, sigmas: torch.Tensor) -> torch.Tensor:
+def free_mask(change: torch.Tensor, sigma: float, sigmas: torch.Tensor, curve: str = "linear",
+              power: float = 2.0, steepness: float = 6.0) -> torch.Tensor:
     """Denoise mask for one model call: 1 where the pixel follows the model, 0 where pinned."""
     n = max(int(sigmas.numel()) - 1, 1)
     i = step_index(sigma, sigmas)
-    return (~pinned(change, i, n)).to(change.dtype)
+    return (~pinned(change, i, n, curve, power, steepness)).to(change.dtype)
 
 
 # ------------------------------------------------------------------------------- placement

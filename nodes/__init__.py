@@ -4,11 +4,22 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_region import EditRegionPreview
+from .examples import install_example_images
 from .kv_edit.nodes import NODES as KV_EDIT_NODES
 from .pixels.nodes import EditStrengthMap, ExemplarLatentSurgery
 from .spot_edit.nodes import NODES as SPOT_EDIT_NODES
 
 
 class PreciseEditExtension(ComfyExtension):
+    _loaded = False
+
+    async def on_load(self) -> None:
+        """Copy the example workflows' pictures into the input folder (missing ones only)."""
+        if PreciseEditExtension._loaded:
+            return
+        PreciseEditExtension._loaded = True
+        install_example_images()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        await self.on_load()  # ComfyUI 0.3.75 does not call on_load itself
         return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES]

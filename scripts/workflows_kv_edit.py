@@ -1,9 +1,9 @@
 """KV-Edit example workflows (FLUX.1-dev): edit with a fresh inversion, and many prompts
 from one saved inversion."""
-from build_workflows import Workflow
+from build_workflows import EXAMPLE_IMAGE, Workflow
 
-SOURCE = "a photo of a cat sitting on a wooden bench in a park"
-TARGET = "a photo of a corgi sitting on a wooden bench in a park"
+SOURCE = "a flat illustration of a grey cat sitting on a wooden bench in a park"
+TARGET = "a flat illustration of a corgi sitting on a wooden bench in a park"
 
 
 def _flux_loaders(wf: Workflow, x=20):
@@ -27,7 +27,7 @@ def _prompt(wf: Workflow, clip, text, guidance, pos, title):
 
 
 def _source_image(wf: Workflow, vae, pos):
-    img = wf.node("LoadImage", pos, widgets=["example.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    img = wf.node("LoadImage", pos, widgets=[EXAMPLE_IMAGE, "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                   size=(320, 330))
     enc = wf.node("VAEEncode", (pos[0], pos[1] + 360), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                   outputs=[("LATENT", "LATENT")], size=(200, 50))
@@ -37,8 +37,9 @@ def _source_image(wf: Workflow, vae, pos):
 
 
 def kv_edit_flux_dev() -> Workflow:
-    wf = Workflow("kv_edit_flux_dev")
-    wf.note((20, -230), "**KV-Edit (FLUX.1-dev)**: paint the region to change in Load Image's mask editor. "
+    wf = Workflow("kv_edit_flux_dev", "KV-Edit - edit a masked region (FLUX.1-dev)")
+    wf.note((20, -230), "**KV-Edit (FLUX.1-dev)**: the region to change is painted in Load Image's mask editor (the "
+                        "example comes with the cat painted). "
                         "KV-Edit Invert records the background's attention keys/values once; KV-Edit Sampler "
                         "regenerates only the masked tokens with the target prompt, so everything outside the "
                         "mask stays bit-exact. Background KV Cache saves the record to output/kv_cache/ "
@@ -89,7 +90,7 @@ def kv_edit_flux_dev() -> Workflow:
 
 
 def kv_edit_invert_once_many_prompts() -> Workflow:
-    wf = Workflow("kv_edit_invert_once_many_prompts")
+    wf = Workflow("kv_edit_invert_once_many_prompts", "KV-Edit - invert once, edit with many prompts (FLUX.1-dev)")
     wf.note((20, -230), "**Invert once, edit many times**: Load Background KV reads a record saved by Background "
                         "KV Cache (put the file from output/kv_cache/ into input/). Each KV-Edit Sampler tries "
                         "another prompt, seed or skip count without inverting again, also after a restart. "
@@ -98,8 +99,8 @@ def kv_edit_invert_once_many_prompts() -> Workflow:
     img, enc = _source_image(wf, vae, (380, 20))
     load = wf.node("LoadBackgroundKV", (740, 20), widgets=["kv_edit_00001.bgkv.safetensors", "keep", "cpu"],
                    outputs=[("background_kv", "BACKGROUND_KV")], size=(340, 130))
-    prompts = [("a photo of a corgi sitting on a wooden bench in a park", 4, 1),
-               ("a photo of a red fox sitting on a wooden bench in a park", 6, 2)]
+    prompts = [("a flat illustration of a corgi sitting on a wooden bench in a park", 4, 1),
+               ("a flat illustration of a red fox sitting on a wooden bench in a park", 6, 2)]
     for j, (text, skip, seed) in enumerate(prompts):
         y = 200 + 330 * j
         tgt = _prompt(wf, clip, text, 5.5, (20, 480 + 180 * j), f"Target prompt {j + 1}")

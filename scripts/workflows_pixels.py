@@ -1,8 +1,9 @@
 """Example workflows for exemplar-driven latent surgery (PIXELS): ExemplarLatentSurgery and
 EditStrengthMap on SDXL, a single edit and a progressive two-exemplar edit.
 
-Masks come from the Load Image nodes' alpha (paint them in the mask editor). Built by
-``python3 scripts/build_workflows.py``.
+Masks come from the Load Image nodes' alpha (painted in the mask editor; the example pictures
+come with theirs). Built by
+``.venv/bin/python scripts/build_workflows.py``.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ SURGERY_INPUTS = [("model", "MODEL"), ("source", "LATENT"), ("change_map", "MASK
                   ("region_2", "MASK"), ("exemplar_3", "IMAGE,LATENT"), ("region_3", "MASK")]
 
 
-def _common(wf: Workflow):
+def _common(wf: Workflow, prompt: str):
     ckpt = wf.node("CheckpointLoaderSimple", (20, 20), widgets=[CKPT],
                    outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], size=(320, 100))
-    pos = wf.node("CLIPTextEncode", (20, 170), widgets=["a photo"], inputs=[("clip", "CLIP")],
-                  outputs=[("CONDITIONING", "CONDITIONING")], size=(320, 110), title="Prompt (may stay short)")
+    pos = wf.node("CLIPTextEncode", (20, 170), widgets=[prompt], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], size=(320, 110), title="Prompt (describes the result)")
     neg = wf.node("CLIPTextEncode", (20, 310), widgets=[""], inputs=[("clip", "CLIP")],
                   outputs=[("CONDITIONING", "CONDITIONING")], size=(320, 110), title="Negative")
     wf.link(ckpt, 1, pos, "clip")
@@ -35,7 +36,7 @@ def _image(wf: Workflow, name: str, pos, title: str) -> int:
 
 
 def _surgery(wf: Workflow, pos, placement="fit") -> int:
-    return wf.node("ExemplarLatentSurgery", pos, widgets=[placement, "fit", "fit"], inputs=SURGERY_INPUTS,
+    return wf.node("ExemplarLatentSurgery", pos, widgets=[placement, "fit", "fit", "linear", 2.0, 6.0], inputs=SURGERY_INPUTS,
                    outputs=[("model", "MODEL"), ("latent", "LATENT")], size=(340, 300))
 
 
@@ -52,16 +53,17 @@ def _ksampler(wf: Workflow, pos, seed: int, denoise: float = 0.6) -> int:
 
 
 def pixels_exemplar_surgery_sdxl() -> Workflow:
-    wf = Workflow("pixels_exemplar_surgery_sdxl")
+    wf = Workflow("pixels_exemplar_surgery_sdxl", "PIXELS - exemplar latent surgery (SDXL)")
     wf.note((20, -220), "**Exemplar Latent Surgery** (PIXELS): put an exemplar picture into a region of your "
-                        "image.\n\n1. Source: paint the region in the mask editor (right click > Open in "
-                        "MaskEditor).\n2. Exemplar: any picture; it is fitted into the region's bounding box.\n"
+                        "image.\n\n1. Source: the region is painted in the mask editor (right click > Open in "
+                        "MaskEditor); the example has the sky region painted.\n2. Exemplar: any picture; it is fitted into the region's bounding box.\n"
                         "3. Edit Strength Map turns the region into a change map (1 = change, 0 = keep), "
                         "feathered outward.\n\nPixels with change 0 come back bit-exact. Denoise below 1 keeps "
                         "the exemplar's layout.", size=(520, 200))
-    ckpt, pos, neg = _common(wf)
-    src = _image(wf, "pixels_source.png", (380, 20), "Source (paint the region)")
-    ex = _image(wf, "pixels_exemplar.png", (380, 380), "Exemplar")
+    ckpt, pos, neg = _common(wf, "a flat illustration of a red and yellow striped hot-air balloon over green hills "
+                                 "under a blue sky")
+    src = _image(wf, "precise_edit_hills.png", (380, 20), "Source (region painted)")
+    ex = _image(wf, "precise_edit_balloon.png", (380, 380), "Exemplar")
     enc = wf.node("VAEEncode", (740, 20), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                   outputs=[("LATENT", "LATENT")], size=(220, 60))
     smap = _strength(wf, (740, 120))
@@ -94,17 +96,18 @@ def pixels_exemplar_surgery_sdxl() -> Workflow:
 
 
 def pixels_progressive_two_exemplars_sdxl() -> Workflow:
-    wf = Workflow("pixels_progressive_two_exemplars_sdxl")
+    wf = Workflow("pixels_progressive_two_exemplars_sdxl", "PIXELS - progressive edit with two exemplars (SDXL)")
     wf.note((20, -220), "**Progressive exemplar edits**: the first surgery's sampled latent is the source of "
                         "the second. Each edit adds one exemplar in its own region; everything outside both "
                         "regions stays bit-exact (no VAE round trip between the edits).\n\nPaint region 1 "
                         "on the source image and region 2 on the 'Region 2' image (same size as the source).",
              size=(520, 180))
-    ckpt, pos, neg = _common(wf)
-    src = _image(wf, "pixels_source.png", (380, 20), "Source (paint region 1)")
-    ex1 = _image(wf, "pixels_exemplar_a.png", (380, 380), "Exemplar 1")
-    reg2 = _image(wf, "pixels_region_b.png", (380, 740), "Region 2 (paint it)")
-    ex2 = _image(wf, "pixels_exemplar_b.png", (380, 1100), "Exemplar 2")
+    ckpt, pos, neg = _common(wf, "a flat illustration of a striped hot-air balloon over green hills and a small "
+                                 "red house with a grey roof")
+    src = _image(wf, "precise_edit_hills.png", (380, 20), "Source (region 1 painted)")
+    ex1 = _image(wf, "precise_edit_balloon.png", (380, 380), "Exemplar 1")
+    reg2 = _image(wf, "precise_edit_hills_region_2.png", (380, 740), "Region 2 (painted on the source)")
+    ex2 = _image(wf, "precise_edit_house.png", (380, 1100), "Exemplar 2")
     enc = wf.node("VAEEncode", (740, 20), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                   outputs=[("LATENT", "LATENT")], size=(220, 60))
     map1 = _strength(wf, (740, 120))

@@ -1,6 +1,6 @@
 """SpotEdit example workflows: FLUX.1 Kontext and Qwen-Image-Edit, each the usual editing
 graph with SpotSelector + SpotFusionSampler patched in before the KSampler."""
-from build_workflows import Workflow
+from build_workflows import EXAMPLE_IMAGE, Workflow
 
 
 def _spot(wf: Workflow, model_src, vae, pos, tau, dilation):
@@ -45,7 +45,7 @@ def _finish(wf: Workflow, model, pos_cond, neg_cond, latent, vae, image, x, step
 
 
 def spot_edit_flux_kontext() -> Workflow:
-    wf = Workflow("spot_edit_flux_kontext")
+    wf = Workflow("spot_edit_flux_kontext", "SpotEdit - fast instruction edit (FLUX.1 Kontext)")
     wf.note((20, -230), "**SpotEdit (FLUX.1 Kontext)**: the usual Kontext edit (ReferenceLatent -> KSampler) with "
                         "SpotEdit patched into the model. After 4 warm-up steps only the tokens that still change "
                         "are computed; the rest are reused and end bit-exact on the source. SpotEdit Preview shows "
@@ -56,7 +56,7 @@ def spot_edit_flux_kontext() -> Workflow:
     clip = wf.node("DualCLIPLoader", (20, 140), widgets=["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux",
                                                          "default"], outputs=[("CLIP", "CLIP")], size=(320, 130))
     vae = wf.node("VAELoader", (20, 300), widgets=["ae.safetensors"], outputs=[("VAE", "VAE")], size=(320, 60))
-    img = wf.node("LoadImage", (20, 400), widgets=["example.png", "image"],
+    img = wf.node("LoadImage", (20, 400), widgets=[EXAMPLE_IMAGE, "image"],
                   outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], size=(320, 330))
     scale = wf.node("FluxKontextImageScale", (380, 400), inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")],
                     size=(260, 50))
@@ -85,7 +85,7 @@ def spot_edit_flux_kontext() -> Workflow:
 
 
 def spot_edit_qwen_image_edit() -> Workflow:
-    wf = Workflow("spot_edit_qwen_image_edit")
+    wf = Workflow("spot_edit_qwen_image_edit", "SpotEdit - fast instruction edit (Qwen-Image-Edit)")
     wf.note((20, -230), "**SpotEdit (Qwen-Image-Edit)**: TextEncodeQwenImageEdit gives the instruction (and the "
                         "image to the vision-language encoder); ReferenceLatent adds the encoded source at the "
                         "output's size. SpotEdit (tau 0.15, one token of dilation, as suits Qwen-Image-Edit) "
@@ -99,7 +99,7 @@ def spot_edit_qwen_image_edit() -> Workflow:
     shift = wf.node("ModelSamplingAuraFlow", (20, 370), widgets=[3.1], inputs=[("model", "MODEL")],
                     outputs=[("MODEL", "MODEL")], size=(320, 60))
     wf.link(unet, 0, shift, "model")
-    img = wf.node("LoadImage", (20, 460), widgets=["example.png", "image"],
+    img = wf.node("LoadImage", (20, 460), widgets=[EXAMPLE_IMAGE, "image"],
                   outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], size=(320, 330))
     scale = wf.node("ImageScaleToTotalPixels", (380, 460), widgets=["lanczos", 1.0], inputs=[("image", "IMAGE")],
                     outputs=[("IMAGE", "IMAGE")], size=(280, 80))

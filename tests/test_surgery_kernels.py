@@ -214,3 +214,31 @@ def test_combine_ops():
 def test_map_preview():
     p = K.map_preview(torch.tensor([[[0.0, 0.5]]]))
     assert p.shape == (1, 1, 2, 3) and torch.equal(p[0, 0, 1], torch.full((3,), 0.5))
+
+
+def test_pin_threshold_curves_are_the_authors_sketches():
+    """PIXELS 9b1e5a8 ``diffusion_pipe.py``: thresholds ``arange(N) / N`` (used), and the
+    commented shapes ``(arange(N) / N) ** 3``, ``** 2`` and ``sigmoid(arange(N) / N * 6 - 3)``."""
+    N = 40
+    x = torch.arange(N, dtype=torch.float64) / N
+    for curve, kw, ref in [("linear", {}, x), ("power", {"power": 3.0}, x ** 3), ("power", {"power": 2.0}, x ** 2),
+                           ("sigmoid", {"steepness": 6.0}, torch.sigmoid(x * 6 - 3))]:
+        got = torch.tensor([K.pin_threshold(i, N, curve, **kw) for i in range(N)], dtype=torch.float64)
+        assert torch.allclose(got, ref, atol=1e-12), curve
+        # keep (C = 0) is pinned at every step, full change (C = 1) never
+        for i in range(N):
+            assert bool(K.pinned(torch.zeros(1), i, N, curve, **kw)) and not bool(K.pinned(torch.ones(1), i, N, curve, **kw))
+    c = torch.tensor([0.5])
+    # the authors' direction: a power curve releases a half-changed pixel later than linear
+    first_free = {name: next(i for i in range(N) if not bool(K.pinned(c, i, N, name, **kw)))
+                  for name, kw in [("linear", {}), ("power", {"power": 2.0})]}
+    assert first_free == {"linear": 20, "power": 29}
+
+
+def test_pin_threshold_rejects_unknown_curve_and_bad_parameters():
+    with pytest.raises(K.SurgeryError, match="pinning curve must be one of linear, power, sigmoid"):
+        K.pin_threshold(0, 4, "cubic")
+    with pytest.raises(K.SurgeryError, match="exponent"):
+        K.pin_threshold(0, 4, "power", power=float("nan"))
+    with pytest.raises(K.SurgeryError, match="steepness"):
+        K.pin_threshold(0, 4, "sigmoid", steepness=0.0)

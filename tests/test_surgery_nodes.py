@@ -101,10 +101,15 @@ def test_kept_pixels_exact_and_changed_pixels_change(name):
     assert torch.allclose(plain[keep], S[keep], atol=1e-4)
 
 
-def test_pinning_follows_schedule_step_by_step():
+CURVES = [("linear", {}), ("power", {"power": 3.0}), ("sigmoid", {"steepness": 6.0})]
+
+
+@pytest.mark.parametrize("curve,params", CURVES, ids=[c for c, _ in CURVES])
+def test_pinning_follows_schedule_step_by_step(curve, params):
     """Instrument the sampler: at every step the model sees ``noised(S, s_i)`` and the
-    sampler's denoised estimate is exactly the source on the pixels with ``1 - C > i/N``,
-    and the model's own result on the others."""
+    sampler's denoised estimate is exactly the source on the pixels with ``1 - C > t_i``
+    (``t_i = i/N`` for the linear curve, the chosen curve otherwise), and the model's own
+    result on the others."""
     name, N = "sd15", 8
     gen = torch.Generator().manual_seed(3)
     levels = torch.tensor([0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95, 1.0])
@@ -112,7 +117,11 @@ def test_pinning_follows_schedule_step_by_step():
     C[0, 0, :len(levels)] = levels[:LW]
     S = source_of(name)
     ex = {"samples": torch.randn(1, 4, LH, LW, generator=gen) * 2}
-    model, latent, _ = surgery(model_of(name), {"samples": S}, grid_mask(C), [(ex, None, "stretch")])
+    model, latent, _ = surgery(model_of(name), {"samples": S}, grid_mask(C), [(ex, None, "stretch")],
+                               curve=curve, **params)
+    expected = [K.pinned(C, i, N, curve, **params) for i in range(N)]
+    if curve != "linear":  # the map's levels tell the curves apart
+        assert any(not torch.equal(e, K.pinned(C, i, N)) for i, e in enumerate(expected))
 
     inputs = []
 
@@ -131,7 +140,7 @@ def test_pinning_follows_schedule_step_by_step():
     assert len(inputs) == N and [i for i, _ in denoised] == list(range(N))
     S_in = model.model.process_latent_in(latent["samples"])
     for i, ((sigma, x_in), (_, x0)) in enumerate(zip(inputs, denoised)):
-        pin = K.pinned(C, i, N).unsqueeze(1).expand_as(S)
+        pin = expected[i].unsqueeze(1).expand_as(S)
         noised = ms.noise_scaling(sigma.reshape(-1, 1, 1, 1), noise, S_in)
         assert torch.equal(x_in[pin], noised[pin]), f"step {i}: pinned input is not noised(S, s_i)"
         assert torch.equal(x0[pin], S_in[pin]), f"step {i}: pinned pixels are not the source"
@@ -435,3 +444,92 @@ def test_strength_map_feeds_surgery_with_exact_interior():
     assert 0.0 < float(grown[0, 4, 40]) < 1.0 and float(grown[0, 30, 2]) == 0.0
     assert torch.equal(nm[2:5, 3:9], torch.ones(3, 6))
     assert torch.equal(latent["samples"][0][:, nm == 1], torch.full((4, int((nm == 1).sum())), 4.0))
+
+
+# ------------------------------------------------------------- pinning curves, refusals
+
+def test_pinning_curve_survives_differential_diffusion_after_and_chaining():
+    """The sampling wrapper puts back *this* surgery's curve (not the linear default) when
+    DifferentialDiffusion is set after it, and a chained surgery's own curve replaces it."""
+    name = "sd15"
+    S = source_of(name)
+    gen = torch.Generator().manual_seed(11)
+    C = torch.rand(1, LH, LW, generator=gen)
+    base = model_of(name)
+    power, latent, _ = surgery(base, {"samples": S}, grid_mask(C), [], curve="power", power=3.0)
+    linear, _, _ = surgery(base, {"samples": S}, grid_mask(C), [])
+    ref = ksample(power, name, latent, steps=10)
+    assert not torch.equal(ref, ksample(linear, name, latent, steps=10))
+    assert torch.equal(ksample(_dd(power), name, latent, steps=10), ref)
+    rechained, _, _ = surgery(power, {"samples": S}, grid_mask(C), [])   # linear on top of power
+    assert torch.equal(ksample(rechained, name, latent, steps=10), ksample(linear, name, latent, steps=10))
+
+
+def test_non_finite_source_and_exemplars_are_refused():
+    m = model_of("sd15")
+    S = source_of("sd15")
+    bad = S.clone()
+    bad[0, 1, 2, 3] = float("nan")
+    with pytest.raises(NodeInputError, match=r"ExemplarLatentSurgery: the source latent holds 1 NaN"):
+        surgery(m, {"samples": bad}, torch.ones(1, IH, IW), [])
+    ex = torch.zeros(1, 4, 2, 2)
+    ex[0, 0, 0, 0] = float("inf")
+    with pytest.raises(NodeInputError, match=r"ExemplarLatentSurgery: exemplar_2 \(a LATENT\) holds 1 NaN or inf"):
+        surgery(m, {"samples": S}, torch.ones(1, IH, IW), [(None, None, "fit"), ({"samples": ex}, None, "fit")])
+    img = torch.rand(1, 16, 16, 3)
+    img[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NodeInputError, match=r"exemplar_1 \(an IMAGE\) holds 1 NaN"):
+        surgery(m, {"samples": S}, torch.ones(1, IH, IW), [(img, None, "fit")], vae=object())
+
+
+class _NanVAE:
+    def encode(self, pixels):
+        return torch.full((pixels.shape[0], 4, pixels.shape[1] // 8, pixels.shape[2] // 8), float("nan"))
+
+
+def test_exemplar_encoding_to_nan_is_refused():
+    with pytest.raises(NodeInputError, match="exemplar_1 encoded with the VAE holds"):
+        surgery(model_of("sd15"), {"samples": source_of("sd15")}, torch.ones(1, IH, IW),
+                [(torch.rand(1, 16, 16, 3), None, "fit")], vae=_NanVAE())
+
+
+def test_unknown_combo_values_are_refused():
+    """ComfyUI 0.3.75 does not check V3 combo values sent through the API."""
+    m = model_of("sd15")
+    S = {"samples": source_of("sd15")}
+    with pytest.raises(NodeInputError, match="ExemplarLatentSurgery: pinning curve must be one of linear, power, "
+                                             "sigmoid, got 'cubic'"):
+        ExemplarLatentSurgery.execute(m, S, torch.ones(1, IH, IW), pinning_curve="cubic")
+    with pytest.raises(NodeInputError, match="ExemplarLatentSurgery: placement_3 must be one of fit, fill, stretch, "
+                                             "not 'tile'"):
+        ExemplarLatentSurgery.execute(m, S, torch.ones(1, IH, IW), placement_3="tile")   # no exemplar connected
+    with pytest.raises(NodeInputError, match="exponent"):
+        ExemplarLatentSurgery.execute(m, S, torch.ones(1, IH, IW), pinning_curve="power", curve_power=float("nan"))
+    for kw, name in [({"feather_edge": "inside"}, "feather_edge"), ({"gradient": "conic"}, "gradient"),
+                     ({"combine": "avg"}, "combine")]:
+        with pytest.raises(NodeInputError, match=f"EditStrengthMap: {name} must be one of"):
+            EditStrengthMap.execute(gradient=kw.pop("gradient", "linear"), **kw)
+
+
+def test_node_text_names_the_pinning_curve():
+    out = ExemplarLatentSurgery.execute(model_of("sd15"), {"samples": source_of("sd15")}, torch.ones(1, IH, IW),
+                                        pinning_curve="sigmoid", curve_steepness=6.0)
+    assert "held while 1 - change > t = sigmoid(6 (i/N - 0.5))" in out.ui["text"][0]
+
+
+def test_authors_denoising_start_equivalent_stated_in_docs():
+    """docs/pixels.md: the authors' ``num_inference_steps=100, denoising_start=0.6`` (diffusers
+    Euler, leading spacing, offset 1: timesteps 991..1, kept while < 400) is KSampler steps 40,
+    denoise 0.4, scheduler ddim_uniform: the same 40 sigmas."""
+    import comfy.samplers
+
+    ms = model_of("sdxl").model.model_sampling
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2  # SDXL's scaled_linear
+    acp = torch.cumprod(1 - betas, 0)
+    ts = (torch.arange(100) * 10 + 1).flip(0)
+    kept = ts[ts < round(1000 - 0.6 * 1000)]
+    theirs = ((1 - acp[kept]) / acp[kept]) ** 0.5
+    steps, denoise = 40, 0.4
+    ours = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", int(steps / denoise))[-(steps + 1):]
+    assert len(kept) == steps and ours.numel() == steps + 1 and float(ours[-1]) == 0.0
+    assert torch.allclose(ours[:-1].double(), theirs, rtol=1e-6)

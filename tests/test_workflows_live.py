@@ -1,7 +1,7 @@
 """Live server: the pack loads into a real ComfyUI and every shipped workflow runs.
 
 Starts the host ComfyUI (``COMFYUI_PATH``) headless with this pack and the tests-only
-helper pack, converts each UI-format JSON in ``workflows/`` with ``/object_info``, swaps
+helper pack, converts each UI-format JSON in ``example_workflows/`` with ``/object_info``, swaps
 weight loaders for tiny fixtures, queues it and checks its outputs.
 """
 from __future__ import annotations
@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import COMFYUI_PATH, HELPERS_DIR, PACK_DIR
 from harness.comfy_server import ComfyServer
-from harness.fixtures_swap import provide_saved_records, shrink_resolution, swap_loaders, write_input_images
+from harness.fixtures_swap import (provide_saved_records, shrink_resolution, swap_loaders, write_input_images,
+                                   write_tiny_lora)
 from harness.workflow_api import WorkflowError, output_node_ids, ui_to_api
 
-WORKFLOWS = sorted((PACK_DIR / "workflows").glob("*.json"))
+WORKFLOWS = sorted((PACK_DIR / "example_workflows").glob("*.json"))
 
 
 def _pack_nodes() -> set[str]:
@@ -67,6 +69,11 @@ def test_example_workflows_in_template_browser(server):
     for p in WORKFLOWS:
         r = server.get(f"/api/workflow_templates/comfyui-precise-edit/{p.name}")
         assert r == json.loads(p.read_text())
+        # the frontend's card thumbnail: <name>.jpg beside the JSON
+        import requests
+
+        thumb = requests.get(f"{server.url}/api/workflow_templates/comfyui-precise-edit/{p.stem}.jpg", timeout=30)
+        assert thumb.ok and thumb.content[:2] == b"\xff\xd8", f"no thumbnail served for {p.stem}"
 
 
 def test_workflows_exist():
@@ -93,3 +100,55 @@ def test_unknown_node_in_workflow_is_reported(object_info):
           "links": []}
     with pytest.raises(WorkflowError, match="NoSuchNodeAnywhere"):
         ui_to_api(wf, object_info)
+
+
+def _edit_latent(server, prompt: dict, prefix: str):
+    """Run ``prompt`` with a SaveLatent on the KV-Edit sampler's output; the saved latent."""
+    import safetensors.torch
+
+    sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "KVEditSampler")
+    prompt = json.loads(json.dumps(prompt))
+    prompt["lora_check_save"] = {"class_type": "SaveLatent",
+                                 "inputs": {"samples": [sampler, 0], "filename_prefix": f"lora_check/{prefix}"}}
+    server.run_prompt(prompt)
+    saved = sorted((server.base / "output" / "lora_check").glob(f"{prefix}_*.latent"))
+    assert saved, f"SaveLatent wrote nothing for {prefix}"
+    return safetensors.torch.load_file(str(saved[-1]))["latent_tensor"]
+
+
+def test_lora_changes_kv_edit(server, object_info):
+    """A LoRA on the diffusion model must change a KV-Edit (inversion and edit both use the
+    LoRA model). With fixture VAEs that encode to latents of ~4e7 it did not: the model's
+    output was swamped by the latent, so weight-related regressions went unseen."""
+    import tiny_models as tm
+
+    path = PACK_DIR / "example_workflows" / "KV-Edit - edit a masked region (FLUX.1-dev).json"
+    prompt = ui_to_api(json.loads(path.read_text()), object_info)
+    family = swap_loaders(prompt)
+    assert family == "flux_dev"
+    shrink_resolution(prompt)
+    write_input_images(prompt, server.base / "input")
+    n_layers = write_tiny_lora(tm.FIXTURES[family].model(0), server.base / "models" / "loras" / "pe_tiny_lora.safetensors")
+    assert n_layers > 10
+    plain = _edit_latent(server, prompt, "plain")
+    assert float(plain.abs().mean()) < 10, "the fixture VAE should give latents of realistic scale (|x| ~ 1)"
+
+    unet = next(nid for nid, n in prompt.items() if n["class_type"] == "PETestTinyModel")
+    with_lora = json.loads(json.dumps(prompt))
+    for node in with_lora.values():
+        for name, value in node["inputs"].items():
+            if value == [unet, 0]:
+                node["inputs"][name] = ["lora_check_lora", 0]
+    with_lora["lora_check_lora"] = {"class_type": "LoraLoaderModelOnly",
+                                    "inputs": {"model": [unet, 0], "lora_name": "pe_tiny_lora.safetensors",
+                                               "strength_model": 1.0}}
+    edited = _edit_latent(server, with_lora, "lora")
+    zero = json.loads(json.dumps(with_lora))
+    zero["lora_check_lora"]["inputs"]["strength_model"] = 0.0
+    unchanged = _edit_latent(server, zero, "zero")
+    assert torch.equal(unchanged, plain), "a LoRA at strength 0 must not change the edit"
+    diff = (edited - plain).abs()
+    # relative to the latent's own size (at |x| ~ 4e7 a LoRA's change vanishes in rounding)
+    print(f"LoRA change: max {float(diff.max()):.4g}, latent max {float(plain.abs().max()):.4g}")
+    assert float(diff.max()) > 1e-3 * float(plain.abs().max()), (
+        f"the LoRA did not change the KV-Edit result (max difference {float(diff.max()):.3g})")

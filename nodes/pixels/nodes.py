@@ -52,6 +52,19 @@ class ExemplarLatentSurgery(io.ComfyNode):
                                tooltip="How exemplar 2 fills its region's bounding box (fit / fill / stretch)."),
                 io.Combo.Input("placement_3", options=list(K.PLACEMENTS), default="fit",
                                tooltip="How exemplar 3 fills its region's bounding box (fit / fill / stretch)."),
+                io.Combo.Input("pinning_curve", options=list(K.PIN_CURVES), default="linear",
+                               tooltip="When a partly changed pixel is released from the source. A pixel is "
+                                       "held while 1 - change > t at step i of N: linear t = i/N (the "
+                                       "paper's schedule), power t = (i/N)^curve_power (released later, the "
+                                       "source is kept longer), sigmoid t = sigmoid(curve_steepness (i/N - "
+                                       "0.5)) (released mostly mid-way). Change 0 and 1 behave the same "
+                                       "under every curve."),
+                io.Float.Input("curve_power", default=2.0, min=0.1, max=10.0, step=0.1,
+                               tooltip="Exponent p of the power curve (the authors' code sketches 2 and 3); "
+                                       "only used with pinning_curve = power."),
+                io.Float.Input("curve_steepness", default=6.0, min=0.5, max=50.0, step=0.5,
+                               tooltip="Steepness k of the sigmoid curve (the authors' code sketches 6); "
+                                       "only used with pinning_curve = sigmoid."),
                 io.Vae.Input("vae", optional=True, tooltip="The model's VAE; needed when an exemplar is an "
                                                            "IMAGE."),
                 *[inp for k in range(1, SLOTS + 1) for inp in _exemplar_inputs(k)],
@@ -68,13 +81,16 @@ class ExemplarLatentSurgery(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, change_map, placement_1="fit", placement_2="fit", placement_3="fit",
-                vae=None, exemplar_1=None, region_1=None, exemplar_2=None, region_2=None,
+                pinning_curve="linear", curve_power=2.0, curve_steepness=6.0, vae=None, exemplar_1=None, region_1=None, exemplar_2=None, region_2=None,
                 exemplar_3=None, region_3=None) -> io.NodeOutput:
         exemplars = [(exemplar_1, region_1, placement_1), (exemplar_2, region_2, placement_2),
                      (exemplar_3, region_3, placement_3)]
-        patched, latent, notes = surgery(model, source, change_map, exemplars, vae=vae)
+        patched, latent, notes = surgery(model, source, change_map, exemplars, vae=vae, curve=pinning_curve,
+                                         power=curve_power, steepness=curve_steepness)
         C = latent["noise_mask"]
-        lines = [f"change map: mean {float(C.mean()):.3f}, kept (0) {100 * float((C == 0).float().mean()):.1f}%, "
+        curve = {"linear": "t = i/N", "power": f"t = (i/N)^{curve_power:g}",
+                 "sigmoid": f"t = sigmoid({curve_steepness:g} (i/N - 0.5))"}[pinning_curve]
+        lines = [f"pinning: held while 1 - change > {curve}",f"change map: mean {float(C.mean()):.3f}, kept (0) {100 * float((C == 0).float().mean()):.1f}%, "
                  f"full change (1) {100 * float((C == 1).float().mean()):.1f}%"] + notes
         return io.NodeOutput(patched, latent, ui={"text": ("\n".join(lines),)})
 
@@ -163,6 +179,11 @@ def strength_map(width, height, feather, gradient, angle, start, end, center_x, 
     notes = []
     parts = []
     hw = (int(height), int(width))
+    for name, value, allowed in (("feather_edge", feather_edge, ("outside", "centred")),
+                                 ("gradient", gradient, ("none", "linear", "radial")),
+                                 ("combine", combine, K.COMBINE_OPS)):
+        if value not in allowed:
+            raise NodeInputError(f"{MAP_NODE}: {name} must be one of {', '.join(allowed)}, not {value!r}")
 
     def load(m, what):
         try:
@@ -177,8 +198,6 @@ def strength_map(width, height, feather, gradient, angle, start, end, center_x, 
     if mask is not None:
         m = load(mask, "mask")
         hw = tuple(m.shape[-2:])
-        if feather_edge not in ("outside", "centred"):
-            raise NodeInputError(f"{MAP_NODE}: feather_edge must be outside or centred")
         parts.append(K.grow_feather(m, feather) if feather_edge == "outside" else K.box_feather(m, feather))
     elif feather:
         notes.append(note(MAP_NODE, "feather needs a mask; it is ignored"))

@@ -32,41 +32,55 @@ WRAPPER_KEY = "precise_edit.exemplar_latent_surgery"
 
 
 class SurgerySchedule:
-    """Denoise-mask function: the binary mask ``1 - C > i / N`` for the current step.
+    """Denoise-mask function: the binary mask ``1 - C > t_i`` for the current step, with
+    ``t_i = i / N`` (linear) or another pinning curve (``kernels.surgery.pin_threshold``).
 
     Called by ComfyUI's ``KSamplerX0Inpaint`` as ``fn(sigma, denoise_mask, extra_options)``
     with the LATENT's noise mask (the change map at latent size) and the sampler's sigmas.
     """
 
+    def __init__(self, curve: str = "linear", power: float = 2.0, steepness: float = 6.0):
+        K.pin_threshold(0, 1, curve, power, steepness)  # refuses an unknown curve or parameter
+        self.curve, self.power, self.steepness = curve, float(power), float(steepness)
+
     def __call__(self, sigma, denoise_mask, extra_options):
         sigmas = extra_options["sigmas"]
         s = float(sigma.flatten()[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
-        return K.free_mask(denoise_mask, s, sigmas)
+        return K.free_mask(denoise_mask, s, sigmas, self.curve, self.power, self.steepness)
 
 
 SCHEDULE = SurgerySchedule()
 
 
-def final_paste_wrapper(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
-    """``OUTER_SAMPLE`` wrapper: make sure the surgery schedule is the denoise-mask function
-    of this run, sample, then copy the start latent back where the noise mask is 0."""
-    import comfy.utils  # noqa: PLC0415
+class FinalPaste:
+    """``OUTER_SAMPLE`` wrapper: make sure this surgery's schedule is the denoise-mask
+    function of the run, sample, then copy the start latent back where the noise mask is 0."""
 
-    guider = executor.class_obj
-    options = getattr(guider, "model_options", None)
-    if isinstance(options, dict) and not isinstance(options.get("denoise_mask_function"), SurgerySchedule):
-        if options.get("denoise_mask_function") is not None:
-            log.info("%s: another denoise-mask function (e.g. DifferentialDiffusion) was set after the "
-                     "surgery; the surgery schedule 1 - C > i/N is used instead for this run", NODE)
-        options["denoise_mask_function"] = SCHEDULE
-    out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-    if denoise_mask is None or not isinstance(out, torch.Tensor) or out.shape != latent_image.shape:
-        return out
-    keep = comfy.utils.reshape_mask(denoise_mask.to(out.device), out.shape) == 0
-    return torch.where(keep, latent_image.to(device=out.device, dtype=out.dtype), out)
+    def __init__(self, schedule: SurgerySchedule):
+        self.schedule = schedule
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
+        import comfy.utils  # noqa: PLC0415
+
+        guider = executor.class_obj
+        options = getattr(guider, "model_options", None)
+        if isinstance(options, dict) and options.get("denoise_mask_function") is not self.schedule:
+            current = options.get("denoise_mask_function")
+            if current is not None and not isinstance(current, SurgerySchedule):
+                log.info("%s: another denoise-mask function (e.g. DifferentialDiffusion) was set after the "
+                         "surgery; the surgery schedule 1 - C > t_i is used instead for this run", NODE)
+            options["denoise_mask_function"] = self.schedule
+        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
+        if denoise_mask is None or not isinstance(out, torch.Tensor) or out.shape != latent_image.shape:
+            return out
+        keep = comfy.utils.reshape_mask(denoise_mask.to(out.device), out.shape) == 0
+        return torch.where(keep, latent_image.to(device=out.device, dtype=out.dtype), out)
 
 
-def patch_model(model):
+final_paste_wrapper = FinalPaste(SCHEDULE)
+
+
+def patch_model(model, schedule: SurgerySchedule = SCHEDULE):
     """A clone of ``model`` with the surgery schedule and the final paste; returns it and
     whether another denoise-mask function was replaced."""
     import comfy.patcher_extension as pe  # noqa: PLC0415
@@ -74,9 +88,9 @@ def patch_model(model):
     m = model.clone()
     previous = m.model_options.get("denoise_mask_function")
     replaced = previous is not None and not isinstance(previous, SurgerySchedule)
-    m.set_model_denoise_mask_function(SCHEDULE)
+    m.set_model_denoise_mask_function(schedule)
     m.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)  # chained surgeries: one paste
-    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, final_paste_wrapper)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, FinalPaste(schedule))
     return m, replaced
 
 
@@ -114,8 +128,10 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
         if x.ndim != source.ndim:
             raise NodeInputError(f"{NODE}: {name} is a {x.ndim}-D latent but the source is {source.ndim}-D; "
                                  f"encode the exemplar with this model's VAE")
+        _require_finite(x, f"{name} (a LATENT)", "encode the exemplar image again or check the node that made it")
         patch = K.arrange(x.float(), p)
     elif isinstance(exemplar, torch.Tensor) and exemplar.ndim == 4:
+        _require_finite(exemplar, f"{name} (an IMAGE)", "check the node that made the image")
         if vae is None:
             raise NodeInputError(f"{NODE}: {name} is an IMAGE; connect the model's VAE to 'vae' "
                                  f"(or give the exemplar as a LATENT)")
@@ -126,6 +142,7 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
         elif source.ndim == 4 and patch.ndim == 5 and patch.shape[2] == 1:
             patch = patch[:, :, 0]
         patch = K.resize_last2(patch.float(), p.paste)
+        _require_finite(patch, f"{name} encoded with the VAE", "check the VAE and the exemplar image")
     else:
         raise NodeInputError(f"{NODE}: {name} must be an IMAGE or a LATENT")
     if patch.shape[1] != source.shape[1] or patch.ndim != source.ndim:
@@ -139,9 +156,25 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
         raise NodeInputError(f"{NODE}: {e}") from None
 
 
-def surgery(model, source, change_map, exemplars, vae=None):
+def _require_finite(x: torch.Tensor, what: str, fix: str) -> None:
+    """NaN or infinity would spread through sampling into every changed pixel: refuse it."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NodeInputError(f"{NODE}: {what} holds {bad} NaN or infinite value(s); {fix}")
+
+
+def surgery(model, source, change_map, exemplars, vae=None, curve="linear", power=2.0, steepness=6.0):
     """The node's work, callable from tests: ``exemplars`` is a list of
-    ``(exemplar or None, region MASK or None, placement)``. Returns (model, latent, notes)."""
+    ``(exemplar or None, region MASK or None, placement)``; ``curve`` / ``power`` /
+    ``steepness`` choose the pinning curve. Returns (model, latent, notes)."""
+    for k, (_, _, mode) in enumerate(exemplars, start=1):
+        if mode not in K.PLACEMENTS:
+            raise NodeInputError(f"{NODE}: placement_{k} must be one of {', '.join(K.PLACEMENTS)}, "
+                                 f"not {mode!r}")
+    try:
+        schedule = SurgerySchedule(curve, power, steepness)
+    except K.SurgeryError as e:
+        raise NodeInputError(f"{NODE}: {e}") from None
     try:
         family = detect_family(model, NODE)
     except UnsupportedModel as e:
@@ -154,6 +187,8 @@ def surgery(model, source, change_map, exemplars, vae=None):
                              f"{family.latent_ndim}-D; encode the source with this model's VAE")
     if getattr(S, "is_nested", False):
         raise NodeInputError(f"{NODE}: nested (multi-part) latents are not supported")
+    _require_finite(S, "the source latent", "encode the source image again (VAE Encode) or check the node "
+                                            "that made the latent")
     notes: list[str] = []
     B = S.shape[0]
     hw = (S.shape[-2], S.shape[-1])
@@ -167,8 +202,6 @@ def surgery(model, source, change_map, exemplars, vae=None):
             if region is not None:
                 notes.append(note(NODE, f"region_{k} is given without exemplar_{k}; it is ignored"))
             continue
-        if mode not in K.PLACEMENTS:
-            raise NodeInputError(f"{NODE}: placement_{k} must be one of {', '.join(K.PLACEMENTS)}")
         if region is None:
             r = torch.ones(B, *hw, dtype=torch.bool, device=S.device)
         else:
@@ -196,7 +229,7 @@ def surgery(model, source, change_map, exemplars, vae=None):
         notes.append(note(NODE, "no exemplar is connected: the changed pixels are regenerated from the "
                                 "source (plain differential regeneration)"))
 
-    patched, replaced = patch_model(model)
+    patched, replaced = patch_model(model, schedule)
     if replaced:
         notes.append(note(NODE, "the model already has a denoise-mask function (e.g. DifferentialDiffusion); "
                                 "it is replaced by the surgery schedule, which is applied once per step"))

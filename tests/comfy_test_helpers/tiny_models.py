@@ -126,8 +126,28 @@ def tiny_sdxl(seed: int = 0, **kw):
     return _patcher(comfy.supported_models.SDXL(sdxl_config(**kw)), seed)
 
 
+def _calibration_image() -> torch.Tensor:
+    """A fixed picture (smooth colour ramps plus seeded noise) that sets the fixture VAEs'
+    latent scale."""
+    gen = torch.Generator().manual_seed(1234)
+    ys = torch.linspace(0, 1, 64).view(64, 1, 1)
+    xs = torch.linspace(0, 1, 96).view(1, 96, 1)
+    ramps = torch.cat([ys.expand(64, 96, 1), xs.expand(64, 96, 1), (ys * xs).expand(64, 96, 1)], -1)
+    return (0.7 * ramps + 0.3 * torch.rand(64, 96, 3, generator=gen)).unsqueeze(0)
+
+
+def _latent_std(vae) -> float:
+    return float(vae.encode(_calibration_image()).float().std())
+
+
 def tiny_taesd_vae(latent_channels: int, seed: int = 0):
-    """A random TAESD-format state dict loaded the way ComfyUI loads VAE files."""
+    """A random TAESD-format state dict loaded the way ComfyUI loads VAE files.
+
+    Random weights alone encode pictures to latents of magnitude ~4e7, at which a model's
+    output (and so any LoRA or weight change) is swamped by the latent itself. The file's own
+    ``vae_scale`` (the factor TAESD divides encodings by and multiplies decodings with) is set
+    so that pictures encode to latents of standard deviation ~1, as real VAEs' latents are.
+    """
     import comfy.taesd.taesd as taesd
 
     net = taesd.TAESD(latent_channels=latent_channels)
@@ -135,13 +155,17 @@ def tiny_taesd_vae(latent_channels: int, seed: int = 0):
     sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
     sd["vae_scale"] = torch.tensor(1.0)
     sd["vae_shift"] = torch.tensor(0.0)
+    sd["vae_scale"] = torch.tensor(_latent_std(comfy.sd.VAE(sd=dict(sd))))
     vae = comfy.sd.VAE(sd=sd)
     vae.throw_exception_if_invalid()
     return vae
 
 
 def tiny_wan_vae(seed: int = 0, dim: int = 8):
-    """A narrow Wan 2.1 VAE (Qwen-Image's VAE architecture), loaded from its state dict."""
+    """A narrow Wan 2.1 VAE (Qwen-Image's VAE architecture), loaded from its state dict.
+
+    It encodes pictures to latents of standard deviation ~0.05 (the TAESD fixtures: ~1). Not
+    rescaled: SpotEdit's perceptual-judge tests are calibrated on this decoder as it is."""
     import comfy.ldm.wan.vae as wan_vae
 
     net = wan_vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],

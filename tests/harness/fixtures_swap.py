@@ -56,15 +56,18 @@ def swap_loaders(prompt: dict) -> str:
 
 
 def write_input_images(prompt: dict, input_dir: Path, size=(96, 64)) -> list[str]:
-    """Create every image a ``LoadImage`` node names; returns the file names."""
+    """Write a small picture for every image a ``LoadImage`` node names (over the pack's own
+    example of that name); returns the file names."""
     input_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for node in prompt.values():
         if node["class_type"] not in ("LoadImage", "LoadImageMask"):
             continue
         name = node["inputs"].get("image")
-        if not name or (input_dir / name).exists():
+        if not name or name in written:
             continue
+        # Replaces the pack's own example picture of that name (copied in on start): tiny
+        # fixture models run at this small size.
         w, h = size
         yy, xx = np.mgrid[0:h, 0:w]
         rgb = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 7.0) * np.cos(yy / 5.0)], -1)
@@ -111,3 +114,29 @@ def shrink_resolution(prompt: dict, megapixels: float = 0.01) -> None:
                         inputs={"image": node["inputs"]["image"], "upscale_method": "nearest-exact", "scale_by": 1.0})
         elif node["class_type"] == "ImageScaleToTotalPixels":
             node["inputs"]["megapixels"] = megapixels
+
+
+def write_tiny_lora(model_patcher, path: Path, seed: int = 0, rank: int = 4, rel: float = 0.5) -> int:
+    """Write a LoRA file for a fixture model: every 2-D weight of the diffusion model gets a
+    seeded rank-``rank`` update of about ``rel`` times that weight's own size (ComfyUI's
+    generic key format ``diffusion_model.<layer>.lora_up/lora_down.weight``). Returns the
+    number of layers patched."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, w in model_patcher.model.state_dict().items():
+        if not (key.startswith("diffusion_model.") and key.endswith(".weight") and w.ndim == 2):
+            continue
+        layer = key[:-len(".weight")]
+        up = torch.randn(w.shape[0], rank, generator=gen)
+        down = torch.randn(rank, w.shape[1], generator=gen)
+        delta_rms = float((up @ down).pow(2).mean().sqrt())
+        scale = rel * float(w.float().pow(2).mean().sqrt()) / max(delta_rms, 1e-12)
+        out[f"{layer}.lora_up.weight"] = (up * scale).contiguous()
+        out[f"{layer}.lora_down.weight"] = down.contiguous()
+        out[f"{layer}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path))
+    return len(out) // 3
