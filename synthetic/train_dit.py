@@ -170,7 +170,7 @@ def _dataset_scenes(n: int, seed: int):
     return sc, imgs
 
 
-def train_flux(steps: int = 300, batch_size: int = 16, lr: float = 2e-3, n_images: int = 1000,
+def train_flux(steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, n_images: int = 1000,
                force: bool = False) -> float:
     check_writable("flux", force)
     torch.manual_seed(0)
@@ -190,7 +190,7 @@ def train_flux(steps: int = 300, batch_size: int = 16, lr: float = 2e-3, n_image
     return loss
 
 
-def train_kontext(steps: int = 300, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
+def train_kontext(steps: int = 1200, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
                   force: bool = False) -> float:
     check_writable("kontext", force)
     torch.manual_seed(0)
