@@ -37,6 +37,7 @@ def test_vae_is_taesd_layout_and_keeps_objects(vae):
     imgs = np.stack([scenes.render(s)[0] for s in sc])
     lat = ev.to_latent(vae, imgs)
     model_space = (lat - 0.1159) * 0.3611          # ComfyUI's FLUX latent format
+    model_space = model_space.detach()
     assert abs(float(model_space.mean())) < 0.3 and 0.7 < float(model_space.std()) < 1.4
     rec = ev.to_image(vae, lat)
     rate = np.mean([judge.object_ok(r, o) for r, s in zip(rec, sc) for o in s.objects])
@@ -83,7 +84,6 @@ def test_plain_text_to_image_follows_the_background_words(flux, vae):
            for i, s in enumerate(sc)]
     swapped = [_background(ev.generate(flux, vae, sc[(i + 1) % len(sc)].caption(), seed=i, steps=STEPS)) == s.bg_colour
                for i, s in enumerate(sc)]
-    print("t2i background rate", np.mean(own), "swapped", np.mean(swapped))
     assert np.mean(own) >= T2I_BACKGROUND_RATE, np.mean(own)
     assert np.mean(own) > np.mean(swapped), (np.mean(own), np.mean(swapped))
 
@@ -103,7 +103,6 @@ def test_plain_kontext_uses_the_reference(kontext, vae):
         with_ref.append(judge.psnr_outside(img, src, p.mask()))
         without.append(judge.psnr_outside(bare, src, p.mask()))
         kept.append(judge.others_kept(img, p))
-    print("kontext psnr", np.median(with_ref), "without ref", np.median(without), "kept", np.mean(kept))
     assert np.median(with_ref) >= np.median(without) + 2.0, (np.median(with_ref), np.median(without))
     assert np.median(with_ref) >= KONTEXT_PSNR, np.median(with_ref)
     assert np.mean(kept) >= KONTEXT_KEPT_RATE, np.mean(kept)
@@ -126,6 +125,6 @@ STEPS = 12
 N_T2I, N_EDIT, N_KV = 10, 10, 6
 KV_SKIP = 2
 VAE_OBJECT_RATE = 0.25          # measured 0.31 (16 scenes, seed 500)
-T2I_BACKGROUND_RATE = 0.0       # set from the measured rate
-KONTEXT_PSNR = 0.0              # set from the measured value
-KONTEXT_KEPT_RATE = 0.0         # set from the measured rate
+T2I_BACKGROUND_RATE = 0.8       # measured 1.0 (0.4 with the captions swapped)
+KONTEXT_PSNR = 17.0             # measured 20.5 dB (12.1 dB without the reference)
+KONTEXT_KEPT_RATE = 0.1         # measured 0.2
