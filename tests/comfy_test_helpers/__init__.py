@@ -6,6 +6,7 @@ loaders for these nodes, so every shipped workflow runs without downloading weig
 """
 from comfy_api.latest import ComfyExtension, io
 
+from .synthetic_models import MODELS as SYNTHETIC_MODELS
 from .tiny_models import FIXTURES, StubCLIP
 
 CATEGORY = "precise-edit/tests"
@@ -68,9 +69,44 @@ class PETestTinyCheckpoint(io.ComfyNode):
         return io.NodeOutput(fx.model(0), StubCLIP(fx.family), fx.vae())
 
 
+class PETestSyntheticModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="PETestSyntheticModel", display_name="Synthetic-Set Model (tests)", category=CATEGORY,
+                         description="A small FLUX (text-to-image) or Kontext-style editor trained on the synthetic "
+                                     "editing set (synthetic/weights/), with its VAE and text encoder (tests only).",
+                         inputs=[io.Combo.Input("model", options=list(SYNTHETIC_MODELS))],
+                         outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
+
+    @classmethod
+    def execute(cls, model):
+        from .synthetic_models import models
+
+        if model not in SYNTHETIC_MODELS:
+            raise ValueError(f"PETestSyntheticModel: model must be one of {', '.join(SYNTHETIC_MODELS)}")
+        m = models()
+        return io.NodeOutput(m.flux(model), m.SyntheticCLIP(), m.vae())
+
+
+class PETestSyntheticTextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="PETestSyntheticTextEncoder", display_name="Synthetic-Set Text Encoder (tests)",
+                         category=CATEGORY, description="Caption or instruction words -> the conditioning the "
+                                                        "synthetic models were trained with (tests only).",
+                         inputs=[], outputs=[io.Clip.Output()])
+
+    @classmethod
+    def execute(cls):
+        from .synthetic_models import models
+
+        return io.NodeOutput(models().SyntheticCLIP())
+
+
 class _Extension(ComfyExtension):
     async def get_node_list(self):
-        return [PETestTinyModel, PETestTinyCLIP, PETestTinyVAE, PETestTinyCheckpoint]
+        return [PETestTinyModel, PETestTinyCLIP, PETestTinyVAE, PETestTinyCheckpoint, PETestSyntheticModel,
+                PETestSyntheticTextEncoder]
 
 
 async def comfy_entrypoint():

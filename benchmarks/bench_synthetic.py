@@ -1,0 +1,123 @@
+"""Synthetic editing benchmark: the small trained models judged on the synthetic set.
+
+Prints a table; not a test. First the plain models' own success rates (text-to-image objects and
+scenes, Kontext-style edits per kind), then KV-Edit against regenerating with the target caption
+(colour and shape changes) with background preservation, then SpotEdit on the Kontext-style model
+(perceptual judge, no mask): speed-up, settled-token precision/recall against the true
+unchanged mask, and success against the unpatched model. Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_synthetic.py [--n 40] [--steps 20] [--pie-bench DIR]
+
+``--pie-bench DIR`` also writes the edit pairs in the PIE-Bench layout there.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import conftest  # noqa: E402,F401  (ComfyUI on sys.path, CPU, pack importable as precise_edit)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from precise_edit.synthetic import evaluate as ev  # noqa: E402
+from precise_edit.synthetic import judge, models, piebench, scenes  # noqa: E402
+
+
+def rate(v):
+    return f"{100 * np.mean(v):5.1f} %" if len(v) else "  -  "
+
+
+def plain(args, flux, kontext, vae):
+    print("\n## Plain models (judge verdicts)\n")
+    print("| model | what | n | success |\n|---|---|---|---|")
+    sc = scenes.scenes(1000, args.n)
+    imgs = [ev.generate(flux, vae, s.caption(), seed=i, steps=args.steps) for i, s in enumerate(sc)]
+    obj = [judge.object_ok(img, o) for img, s in zip(imgs, sc) for o in s.objects]
+    print(f"| FLUX t2i | objects right (colour, shape, cell) | {len(obj)} | {rate(obj)} |")
+    print(f"| FLUX t2i | whole scene right | {len(sc)} | {rate([judge.scene_ok(i, s) for i, s in zip(imgs, sc)])} |")
+    rec = ev.to_image(vae, ev.to_latent(vae, np.stack([scenes.render(s)[0] for s in sc])))
+    vobj = [judge.object_ok(img, o) for img, s in zip(rec, sc) for o in s.objects]
+    print(f"| VAE round trip | objects right (ceiling of every model) | {len(vobj)} | {rate(vobj)} |")
+    pairs = scenes.edits(1001, args.n)
+    res = [(p.kind, judge.edit_ok(ev.edit_kontext(kontext, vae, p, seed=i, steps=args.steps), p))
+           for i, p in enumerate(pairs)]
+    for k in scenes.EDIT_KINDS:
+        v = [ok for kind, ok in res if kind == k]
+        print(f"| Kontext-style | edit: {k} | {len(v)} | {rate(v)} |")
+    print(f"| Kontext-style | edit: all | {len(res)} | {rate([ok for _, ok in res])} |")
+
+
+def kv(args, flux, vae):
+    print("\n## KV-Edit vs regenerating with the target caption (colour and shape changes)\n")
+    pairs = scenes.edits(1002, args.n, kinds=("colour", "shape"))
+    kv_ok, regen_ok, exact, psnr = [], [], [], []
+    for i, p in enumerate(pairs):
+        out = ev.kv_edit(flux, vae, p, seed=i, steps=args.steps, skip=args.skip)
+        kv_ok.append(judge.edit_ok(out["image"], p))
+        exact.append(out["latent_exact"] and judge.equal_outside(out["pasted"], scenes.render(p.source)[0], p.mask()))
+        psnr.append(judge.psnr_outside(out["image"], scenes.render(p.source)[0], p.mask()))
+        regen_ok.append(judge.edit_ok(ev.regenerate(flux, vae, p, seed=i, steps=args.steps), p))
+    print("| method | n | edit success | background |\n|---|---|---|---|")
+    print(f"| KV-Edit (skip {args.skip}) | {len(pairs)} | {rate(kv_ok)} | latent and pasted pixels bit-exact: "
+          f"{rate(exact)}; decoded PSNR outside mask {np.median(psnr):.1f} dB |")
+    print(f"| regenerate (target caption) | {len(pairs)} | {rate(regen_ok)} | new image |")
+
+
+def spot(args, kontext, vae):
+    print("\n## SpotEdit on the Kontext-style model (perceptual judge, no mask)\n")
+    print("| steps | n | plain success | SpotEdit success | tokens computed | settled precision | settled recall "
+          "| speed-up (median of per-pair ratios, interleaved) |\n|---|---|---|---|---|---|---|---|")
+    pairs = scenes.edits(1003, args.n_spot)
+    for steps in (28, 50):
+        plain_ok, spot_ok, comp, prec, rec, ratio = [], [], [], [], [], []
+        for i, p in enumerate(pairs):
+            a = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, patched=False)
+            b = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, tau=args.tau)
+            plain_ok.append(judge.edit_ok(a["image"], p))
+            spot_ok.append(judge.edit_ok(b["image"], p))
+            comp.append(b["computed"])
+            ratio.append(a["seconds"] / b["seconds"])
+            if b["settled"] is not None and b["settled"].any():
+                pr, rc = judge.settled_precision_recall(b["settled"], p.mask())
+                prec.append(pr)
+                rec.append(rc)
+        print(f"| {steps} | {len(pairs)} | {rate(plain_ok)} | {rate(spot_ok)} | {100 * np.mean(comp):.0f} % | "
+              f"{np.mean(prec) if prec else float('nan'):.3f} | {np.mean(rec) if rec else float('nan'):.3f} | "
+              f"{np.median(ratio):.2f}x |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--skip", type=int, default=2)
+    ap.add_argument("--pie-bench", type=Path, default=None)
+    ap.add_argument("--n-spot", type=int, default=10)
+    ap.add_argument("--tau", type=float, default=0.2)
+    ap.add_argument("--only", choices=["plain", "kv", "spot"], default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), shared and noisy; "
+          f"n={args.n}, {args.steps} steps, euler/simple, cfg 1")
+    vae, flux, kontext = models.vae(), models.flux("flux"), models.flux("kontext")
+    t0 = time.time()
+    if args.only in (None, "plain"):
+        plain(args, flux, kontext, vae)
+    if args.only in (None, "kv"):
+        kv(args, flux, vae)
+    if args.only in (None, "spot"):
+        spot(args, kontext, vae)
+    if args.pie_bench:
+        print(f"\nPIE-Bench files: {piebench.write(scenes.edits(1001, args.n), args.pie_bench)}")
+    print(f"\n({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

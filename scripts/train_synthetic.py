@@ -1,0 +1,47 @@
+"""Train one of the small synthetic-set models on CPU and save it under synthetic/weights/.
+
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/train_synthetic.py vae16|flux|kontext [--force]
+
+Seeds are fixed; a shipped weight file is only overwritten with --force.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parent.parent
+
+
+def _import_pack():
+    spec = importlib.util.spec_from_file_location("precise_edit", PACK / "__init__.py",
+                                                  submodule_search_locations=[str(PACK)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["precise_edit"] = module  # the package body is not run: only its submodules are used
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=["vae16", "flux", "kontext"])
+    ap.add_argument("--force", action="store_true", help="overwrite the shipped weight file")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
+    args = ap.parse_args()
+    _import_pack()
+    from precise_edit.synthetic.training import setup_comfy
+
+    setup_comfy()
+    kw = {"force": args.force}
+    if args.steps:
+        kw["steps"] = args.steps
+    if args.model == "vae16":
+        from precise_edit.synthetic.train_vae import train
+    elif args.model == "flux":
+        from precise_edit.synthetic.train_dit import train_flux as train
+    else:
+        from precise_edit.synthetic.train_dit import train_kontext as train
+    train(**kw)
+
+
+if __name__ == "__main__":
+    main()

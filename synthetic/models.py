@@ -1,0 +1,74 @@
+"""The trained synthetic models as ComfyUI objects (ModelPatcher, VAE, a CLIP stand-in).
+
+Imports ComfyUI lazily; a missing weight file raises ``MissingWeights`` naming the command that
+recreates it.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import text
+from .training import weight_path
+
+
+def load_state(name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(weight_path(name)))
+
+
+def vae():
+    """The synthetic TAESD-layout VAE (16 channels) as ComfyUI loads a VAE file."""
+    import comfy.sd
+
+    v = comfy.sd.VAE(sd=load_state("vae16"))
+    v.throw_exception_if_invalid()
+    return v
+
+
+def flux(name: str = "flux"):
+    """The synthetic FLUX (``flux``) or Kontext-style (``kontext``) model as a ModelPatcher."""
+    import comfy.model_management
+    import comfy.model_patcher
+
+    from .train_dit import build
+
+    model = build(load_state(name))
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+class SyntheticCLIP:
+    """What ComfyUI's text nodes call on a CLIP (``tokenize``, ``encode_from_tokens_scheduled``,
+    ``encode_from_tokens``), giving the conditioning of ``synthetic.text``."""
+
+    def clone(self):
+        return SyntheticCLIP()
+
+    def tokenize(self, prompt, return_word_ids=False, **kwargs):
+        return {"text": str(prompt)}
+
+    @staticmethod
+    def _encode(prompt: str):
+        ctx, pooled = text.encode(prompt)
+        return ctx[None], pooled[None]
+
+    def encode_from_tokens_scheduled(self, tokens, unprojected=False, add_dict=None, show_pbar=True):
+        cond, pooled = self._encode(tokens["text"])
+        extra = {"pooled_output": pooled}
+        extra.update(add_dict or {})
+        return [[cond, extra]]
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        cond, pooled = self._encode(tokens["text"])
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+
+def conditioning(prompt: str, guidance: float = 3.5, **extra):
+    clip = SyntheticCLIP()
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    cond[0][1]["guidance"] = guidance
+    cond[0][1].update(extra)
+    return cond

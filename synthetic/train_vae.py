@@ -1,0 +1,165 @@
+"""Train a TAESD-layout VAE (16 latent channels, the FLUX family's) on synthetic scenes.
+
+ComfyUI loads the file as any TAESD/TAEF1 VAE (``taesd_encoder.*``, ``taesd_decoder.*``,
+``vae_scale``, ``vae_shift``). ``vae_scale``/``vae_shift`` are set after training so that the
+latents it gives have the statistics of the FLUX latent format (mean 0.1159, std 1/0.3611).
+
+Two shared CPU cores cannot train TAESD's 64-wide, 48-convolution network in minutes, so a
+narrow plain network in TAESD's layout is trained instead and written into it: every residual
+block all zero (a block is then ``relu(x)``, the identity on its non-negative input) and only
+the first ``WIDTH`` channels of the convolutions between blocks non-zero. ComfyUI runs the full
+layout and computes the same numbers (zero channels and zero blocks add exact zeros).
+Training sees random crops (the network is fully convolutional) with a little noise added to
+the latent, so the decoder tolerates a denoiser's small errors.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import scenes
+from .training import check_writable, save
+
+FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611
+WIDTH = 24
+OBJECT_WEIGHT = 4.0
+ENC_CONVS = (0, 2, 6, 10, 14)        # indices of the convolutions between blocks in TAESD's Encoder
+DEC_CONVS = (1, 7, 12, 17, 19)       # ... and in its Decoder
+
+
+class Clamp(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x / 3) * 3
+
+
+def narrow(latent_channels: int, w: int = WIDTH) -> tuple[nn.Sequential, nn.Sequential]:
+    """The trained networks: TAESD's encoder and decoder with blocks as ``relu`` and width ``w``."""
+    enc = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(w, w, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(w, w, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(w, w, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(w, latent_channels, 3, padding=1))
+    dec = nn.Sequential(Clamp(), nn.Conv2d(latent_channels, w, 3, padding=1), nn.ReLU(),
+                        nn.Upsample(scale_factor=2), nn.Conv2d(w, w, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Upsample(scale_factor=2), nn.Conv2d(w, w, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Upsample(scale_factor=2), nn.Conv2d(w, w, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(w, 3, 3, padding=1))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in list(enc) + list(dec):
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:
+                    m.bias.zero_()
+    return enc, dec
+
+
+def to_taesd(enc: nn.Sequential, dec: nn.Sequential, latent_channels: int) -> dict[str, torch.Tensor]:
+    """Zero-pad the narrow networks into a TAESD state dict (blocks all zero)."""
+    import comfy.taesd.taesd as taesd
+
+    full = taesd.TAESD(latent_channels=latent_channels)
+    sd = {k: torch.zeros_like(v) for k, v in full.state_dict().items() if k.startswith("taesd_")}
+    for prefix, seq, idx in (("taesd_encoder", enc, ENC_CONVS), ("taesd_decoder", dec, DEC_CONVS)):
+        convs = [m for m in seq if isinstance(m, nn.Conv2d)]
+        for i, m in zip(idx, convs):
+            o, c = m.weight.shape[:2]
+            sd[f"{prefix}.{i}.weight"][:o, :c] = m.weight.detach()
+            if m.bias is not None:
+                sd[f"{prefix}.{i}.bias"][:o] = m.bias.detach()
+    return sd
+
+
+def batch(rng: np.random.Generator, n: int, crop: int, with_masks: bool = False):
+    """Random crops of random scenes in 0..1 (and the crops' object masks)."""
+    out = np.empty((n, crop, crop, 3), dtype=np.uint8)
+    obj = np.zeros((n, 1, crop, crop), dtype=np.float32)
+    for i in range(n):
+        img, masks = scenes.render(scenes.random_scene(rng))
+        y, x = rng.integers(0, scenes.SIZE - crop + 1, 2) // 8 * 8
+        out[i] = img[y:y + crop, x:x + crop]
+        for m in masks:
+            obj[i, 0] += m[y:y + crop, x:x + crop]
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
+    return (x, torch.from_numpy(obj)) if with_masks else x
+
+
+def _stage(enc, dec, params, steps, batch_size, crop, lr, seed, label, t0):
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    for step in range(steps):
+        x, obj = batch(rng, batch_size, crop, with_masks=True)
+        z = enc(x)
+        y = dec(z + 0.1 * z.detach().std() * torch.randn_like(z))
+        weight = 1.0 + OBJECT_WEIGHT * obj     # objects are a small part of the pixels but all the judge sees
+        loss = (weight * ((y - x).abs() + (y - x).pow(2))).mean() + 1e-4 * z.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"{label} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+    return loss.item(), rng
+
+
+def train(steps: int = 1500, batch_size: int = 16, crop: int = 32, lr: float = 2e-3, force: bool = False,
+          latent_channels: int = 16, name: str = "vae16", decoder_steps: int = 400,
+          stage1: str | None = None) -> dict:
+    """Stage 1 trains encoder and decoder; stage 2 only the decoder (the latents, and so the
+    diffusion models trained on them, do not change). ``stage1``: a file saved after stage 1
+    to continue from (what this function saves when ``decoder_steps`` is 0)."""
+    check_writable(name, force)
+    torch.manual_seed(0)
+    t0 = time.time()
+    if stage1:
+        from safetensors.torch import load_file
+
+        enc, dec, vae_scale, vae_shift = from_taesd(load_file(stage1))
+        enc.train(), dec.train()
+    else:
+        enc, dec = narrow(latent_channels)
+        _, rng = _stage(enc, dec, list(enc.parameters()) + list(dec.parameters()), steps, batch_size, crop, lr,
+                        0, "vae", t0)
+        with torch.no_grad():
+            z = torch.cat([enc(batch(rng, 8, scenes.SIZE)) for _ in range(4)])
+            mean, std = z.mean().item(), z.std().item()
+        # encode() returns enc/vae_scale + vae_shift: make that the FLUX latent format's statistics.
+        vae_scale = std * FLUX_SCALE
+        vae_shift = FLUX_SHIFT - mean / vae_scale
+        # Round to the file's fp16 between the stages, as continuing from a stage-1 file does.
+        sd1 = {k: v.half() for k, v in to_taesd(enc, dec, latent_channels).items()}
+        sd1["vae_scale"], sd1["vae_shift"] = torch.tensor(vae_scale).half(), torch.tensor(vae_shift).half()
+        enc, dec, vae_scale, vae_shift = from_taesd(sd1)
+        enc.train(), dec.train()
+    loss = float("nan")
+    if decoder_steps:
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        loss, _ = _stage(enc, dec, list(dec.parameters()), decoder_steps, batch_size, crop, lr, 1, "vae decoder",
+                         t0)
+    sd = to_taesd(enc, dec, latent_channels)
+    sd["vae_scale"] = torch.tensor(vae_scale)
+    sd["vae_shift"] = torch.tensor(vae_shift)
+    path = save(name, sd, force, {"steps": steps, "decoder_steps": decoder_steps, "seed": 0, "width": WIDTH,
+                                  "final_loss": f"{loss:.4f}"})
+    print(f"saved {path} (vae_scale {vae_scale:.4f} vae_shift {vae_shift:.4f}, {time.time() - t0:.0f}s)")
+    return {"loss": loss}
+
+
+def from_taesd(sd: dict[str, torch.Tensor], w: int = WIDTH) -> tuple[nn.Sequential, nn.Sequential, float, float]:
+    """The narrow networks back from a TAESD state dict (fast encoding of training sets), and
+    ``vae_scale``/``vae_shift``."""
+    latent_channels = sd["taesd_decoder.1.weight"].shape[1]
+    enc, dec = narrow(latent_channels, w)
+    with torch.no_grad():
+        for prefix, seq, idx in (("taesd_encoder", enc, ENC_CONVS), ("taesd_decoder", dec, DEC_CONVS)):
+            for i, m in zip(idx, [m for m in seq if isinstance(m, nn.Conv2d)]):
+                o, c = m.weight.shape[:2]
+                m.weight.copy_(sd[f"{prefix}.{i}.weight"][:o, :c].float())
+                if m.bias is not None:
+                    m.bias.copy_(sd[f"{prefix}.{i}.bias"][:o].float())
+    return enc.eval(), dec.eval(), float(sd["vae_scale"]), float(sd["vae_shift"])

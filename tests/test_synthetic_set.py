@@ -1,0 +1,132 @@
+"""The synthetic editing set: seeded generator, exact masks, PIE-Bench files, judge, text side."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from precise_edit.synthetic import judge, piebench, scenes, text, training
+
+
+def test_generator_is_seeded():
+    a, b, c = scenes.edits(5, 12), scenes.edits(5, 12), scenes.edits(6, 12)
+    assert a == b and a != c
+    assert np.array_equal(scenes.render(a[3].source)[0], scenes.render(b[3].source)[0])
+    assert [p.kind for p in a[:5]] == list(scenes.EDIT_KINDS)
+
+
+@pytest.mark.parametrize("kind", scenes.EDIT_KINDS)
+def test_mask_is_exactly_what_changed(kind):
+    for pair in scenes.edits(11, 40, kinds=(kind,)):
+        src, tgt = scenes.render(pair.source)[0], scenes.render(pair.target)[0]
+        changed = (src != tgt).any(-1)
+        mask = pair.mask()
+        assert not (changed & ~mask).any(), "a pixel changed outside the mask"
+        if kind == "shape":  # same colour: where old and new shapes overlap nothing changes
+            old = pair.mask() & ~scenes.EditPair("add", pair.source, pair.target, "", None, pair.result).mask()
+            new = pair.mask() & ~scenes.EditPair("remove", pair.source, pair.target, "", pair.subject, None).mask()
+            assert np.array_equal(changed, old | new)
+        else:
+            assert np.array_equal(changed, mask)
+
+
+def test_captions_and_instructions_name_what_is_there():
+    for pair in scenes.edits(3, 25):
+        for o in pair.target.objects:
+            assert o.phrase() in pair.target.caption()
+        if pair.result is not None:
+            assert pair.result.shape in pair.instruction
+        if pair.kind in ("add", "move"):
+            assert pair.result.position in pair.instruction
+
+
+def test_rle_is_pie_bench_runs():
+    m = np.zeros((4, 5), bool)
+    m[0, 1:3] = True
+    m[1, 4] = m[2, 0] = True
+    m[3, :] = True
+    assert piebench.rle_encode(m) == [1, 2, 9, 2, 15, 5]
+    for pair in scenes.edits(4, 10):
+        assert np.array_equal(piebench.rle_decode(piebench.rle_encode(pair.mask()), (scenes.SIZE,) * 2), pair.mask())
+
+
+def test_pie_bench_files(tmp_path):
+    from PIL import Image
+
+    pairs = scenes.edits(9, 10)
+    mapping = json.loads(piebench.write(pairs, tmp_path).read_text())
+    assert len(mapping) == 10
+    for key, e in mapping.items():
+        pair = pairs[int(key)]
+        assert piebench.pair_from_entry(e) == pair
+        assert e["editing_type_id"] == piebench.EDIT_TYPE_IDS[pair.kind]
+        assert "[" in (e["original_prompt"] + e["editing_prompt"])
+        assert np.array_equal(np.asarray(Image.open(tmp_path / e["image_path"])), scenes.render(pair.source)[0])
+        assert np.array_equal(np.asarray(Image.open(tmp_path / e["target_image_path"])), scenes.render(pair.target)[0])
+        assert np.array_equal(piebench.rle_decode(e["mask"], tuple(e["image_size"])), pair.mask())
+
+
+def test_judge_on_ground_truth():
+    """The judge accepts every true target and rejects every unedited source."""
+    for pair in scenes.edits(21, 150):
+        src, tgt = scenes.render(pair.source)[0], scenes.render(pair.target)[0]
+        assert judge.scene_ok(src, pair.source) and judge.scene_ok(tgt, pair.target)
+        assert judge.edit_ok(tgt, pair) and judge.others_kept(tgt, pair)
+        assert not judge.edit_ok(src, pair), pair.instruction
+
+
+def test_judge_tells_shapes_and_colours_apart():
+    for shape in scenes.SHAPES:
+        for colour in scenes.COLOURS:
+            obj = scenes.Obj(colour, shape, cell=4, half=11)
+            img = scenes.render(scenes.Scene((obj,), "gray", "noisy", 3))[0]
+            found = judge.find(img, 4)
+            assert (found.colour, found.shape) == (colour, shape)
+    assert judge.empty(scenes.render(scenes.Scene((), "beige", "checkered", 1))[0], 4)
+
+
+def test_preservation_measures():
+    pair = scenes.edits(2, 1)[0]
+    src, tgt = scenes.render(pair.source)[0], scenes.render(pair.target)[0]
+    assert judge.equal_outside(src, tgt, pair.mask()) and judge.psnr_outside(src, tgt, pair.mask()) == float("inf")
+    noisy = tgt.copy()
+    noisy[0, 0] ^= 1
+    assert not judge.equal_outside(src, noisy, pair.mask()) and judge.psnr_outside(src, noisy, pair.mask()) > 40
+
+
+def test_settled_token_precision_recall():
+    changed = np.zeros((32, 32), bool)
+    changed[0:4, 0:4] = True                       # touches token (0, 0) of 16-pixel tokens only
+    truth = judge.token_truth(changed, 16)
+    assert truth.tolist() == [[False, True], [True, True]]
+    assert judge.settled_precision_recall(truth, changed) == (1.0, 1.0)
+    everything = np.ones((2, 2), bool)
+    assert judge.settled_precision_recall(everything, changed) == (0.75, 1.0)
+
+
+def test_text_binds_words_within_a_phrase():
+    a, _ = text.encode("a red circle at the top left and a blue square at the center on a gray noisy background")
+    b, _ = text.encode("a blue circle at the top left and a red square at the center on a gray noisy background")
+    c, _ = text.encode("a [red] circle at the top left, and a blue square at the center on a gray noisy background")
+    assert a.shape == (text.TOKENS, text.DIM)
+    assert not torch.allclose(a[0], b[0]) and torch.equal(a, c)
+    turn, _ = text.encode("turn the star into a square")
+    back, _ = text.encode("turn the square into a star")
+    assert not torch.allclose(turn, back)
+
+
+def test_missing_weights_name_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "WEIGHTS", tmp_path)
+    with pytest.raises(training.MissingWeights, match=r"python scripts/train_synthetic.py flux"):
+        training.weight_path("flux")
+
+
+def test_training_refuses_to_overwrite(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "WEIGHTS", tmp_path)
+    training.save("vae16", {"a": torch.zeros(2)}, force=False)
+    with pytest.raises(SystemExit, match="--force"):
+        training.check_writable("vae16", force=False)
+    with pytest.raises(SystemExit, match="--force"):
+        training.save("vae16", {"a": torch.ones(2)}, force=False)
+    training.save("vae16", {"a": torch.ones(2)}, force=True)
