@@ -62,6 +62,9 @@ def write_reports(out: Path, method_dirs: list[str]) -> pd.DataFrame:
 
 
 def _plots(out: Path, by_method: pd.DataFrame, by_type: pd.DataFrame, metrics: list[str]) -> None:
+    quality = [m for m in QUALITY if m in metrics and by_method[m].notna().any()]
+    if not quality:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +72,6 @@ def _plots(out: Path, by_method: pd.DataFrame, by_type: pd.DataFrame, metrics: l
 
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
-    quality = [m for m in QUALITY if m in metrics and by_method[m].notna().any()]
     if quality:
         fig, axes = plt.subplots(1, len(quality), figsize=(4 * len(quality), 3.6), squeeze=False)
         for ax, m in zip(axes[0], quality):

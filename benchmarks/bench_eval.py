@@ -187,6 +187,7 @@ def bench_overhead(repeats: int, steps: int) -> None:
             return time.perf_counter() - t
 
         direct(999)  # warm-up (imports, first model build)
+        runner(998)
         d, r = [], []
         for i in range(repeats):
             d.append(direct(1000 + 2 * i))
