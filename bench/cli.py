@@ -38,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--no-metrics", action="store_true", help="only run the workflows and time them")
     p.add_argument("--ray", action="store_true", help="run cases as Ray tasks over all --server addresses")
     p.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--start-servers", type=int, default=0, metavar="N",
+                   help="start N ComfyUI servers (one per GPU: --cuda-device 0..N-1) and stop them at the end")
+    p.add_argument("--comfyui", type=Path, help="the ComfyUI folder for --start-servers (default: $COMFYUI_PATH)")
+    p.add_argument("--server-args", default="", help="extra arguments for started servers, e.g. --server-args=\"--cpu\"")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -79,7 +83,32 @@ def main(argv=None) -> int:
     if mapping is None or images is None:
         print("edit_bench: give --data, or --mapping-file and --images", file=sys.stderr)
         return 2
-    servers = args.server or ["http://127.0.0.1:8188"]
+    if args.start_servers:
+        import os
+        import shlex
+
+        from .servers import StartedServers
+
+        comfyui = args.comfyui or (Path(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else None)
+        if comfyui is None:
+            print("edit_bench: --start-servers needs --comfyui PATH (or COMFYUI_PATH)", file=sys.stderr)
+            return 2
+        extra = shlex.split(args.server_args)
+        started = StartedServers(comfyui, args.start_servers, gpus="--cpu" not in extra, extra_args=extra,
+                                 log_dir=args.out / "servers")
+        try:
+            urls = started.__enter__()
+        except (RuntimeError, ValueError) as e:
+            print(f"edit_bench: {e}", file=sys.stderr)
+            return 2
+        try:
+            return _main(args, mapping, images, args.server + urls)
+        finally:
+            started.__exit__()
+    return _main(args, mapping, images, args.server or ["http://127.0.0.1:8188"])
+
+
+def _main(args, mapping, images, servers) -> int:
     try:
         object_info = ComfyClient(servers[0]).object_info()
     except ServerError as e:
