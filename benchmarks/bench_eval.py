@@ -36,6 +36,9 @@ def _setup():
     import conftest  # noqa: F401  (puts ComfyUI on sys.path, imports the pack as ``precise_edit``)
 
 
+KV_SAMPLER = "15"  # KVEditSampler's id in workflows/kv_edit_flux_dev.json
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -144,7 +147,7 @@ def _kv_workflow(tmp: Path, object_info: dict, steps: int) -> Path:
 def _runner_args(data, out, servers, wf, seed, *extra):
     a = ["--data", str(data), "--out", str(out), "--workflow", str(wf), "--no-progress", "--no-metrics",
          "--seed", str(seed), "--bind", "source_prompt=Source prompt (describes the photo)",
-         "--bind", "target_prompt=Target prompt (the edit)"]
+         "--bind", "target_prompt=Target prompt (the edit)", "--bind", f"seed={KV_SAMPLER}.seed"]
     for s in servers:
         a += ["--server", s.url]
     return a + list(extra)
@@ -167,7 +170,8 @@ def bench_overhead(repeats: int, steps: int) -> None:
         cases = load_cases(data / "mapping_file.json")
         prompt = json.loads(wf.read_text())
         binds = resolve_bindings("kv", prompt, {"source_prompt": "Source prompt (describes the photo)",
-                                                "target_prompt": "Target prompt (the edit)"}, True)
+                                                "target_prompt": "Target prompt (the edit)",
+                                                "seed": f"{KV_SAMPLER}.seed"}, True)
         no_metrics = MetricSettings(enabled=False)
 
         def direct(seed):

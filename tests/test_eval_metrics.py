@@ -312,6 +312,8 @@ def test_clip_score_matches_torchmetrics_clipscore(tmp_path, model_dirs):
     assert res.values["clip_similarity_target_image"] == pytest.approx(whole, rel=2e-3)
     assert res.values["clip_similarity_target_image_edit_part"] == pytest.approx(part, rel=2e-3)
     assert res.values["clip_similarity_source_image"] is not None
+    # a negative cosine scores 0, as CLIPScore clamps it
+    assert km.clip_score(torch.tensor([1.0, 0.2]), torch.tensor([-1.0, 0.1])) == 0.0
 
 
 # --- bad input ----------------------------------------------------------------------------------
