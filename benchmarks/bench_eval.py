@@ -144,16 +144,38 @@ def _kv_workflow(tmp: Path, object_info: dict, steps: int) -> Path:
     return path
 
 
-def _runner_args(data, out, servers, wf, seed, *extra):
-    a = ["--data", str(data), "--out", str(out), "--workflow", str(wf), "--no-progress", "--no-metrics",
-         "--seed", str(seed), "--bind", "source_prompt=Source prompt (describes the photo)",
-         "--bind", "target_prompt=Target prompt (the edit)", "--bind", f"seed={KV_SAMPLER}.seed"]
+PLAIN = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+         "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 2, "sigma": 1.0}},
+         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}}}
+
+
+def _workflow(kind, tmp, object_info, steps) -> Path:
+    if kind == "kv":
+        return _kv_workflow(tmp, object_info, steps)
+    path = tmp / "plain.json"
+    path.write_text(json.dumps(PLAIN))
+    return path
+
+
+def _bindings(kind) -> dict:
+    if kind != "kv":
+        return {}
+    return {"source_prompt": "Source prompt (describes the photo)", "target_prompt": "Target prompt (the edit)",
+            "seed": f"{KV_SAMPLER}.seed"}
+
+
+def _runner_args(data, out, servers, wf, seed, *extra, kind="kv"):
+    a = ["--data", str(data), "--out", str(out), "--workflow", str(wf), "--no-progress", "--no-metrics"]
+    for role, node in _bindings(kind).items():
+        a += ["--bind", f"{role}={node}"]
+    if kind == "kv":
+        a += ["--seed", str(seed)]
     for s in servers:
         a += ["--server", s.url]
     return a + list(extra)
 
 
-def bench_overhead(repeats: int, steps: int) -> None:
+def bench_overhead(repeats: int, steps: int, kind: str) -> None:
     from make_pie_mini import make
 
     from precise_edit.bench import cli
@@ -166,12 +188,10 @@ def bench_overhead(repeats: int, steps: int) -> None:
     _start_all([srv])
     try:
         data = make(tmp / "pie", 64)
-        wf = _kv_workflow(tmp, srv.object_info(), steps)
+        wf = _workflow(kind, tmp, srv.object_info(), steps)
         cases = load_cases(data / "mapping_file.json")
         prompt = json.loads(wf.read_text())
-        binds = resolve_bindings("kv", prompt, {"source_prompt": "Source prompt (describes the photo)",
-                                                "target_prompt": "Target prompt (the edit)",
-                                                "seed": f"{KV_SAMPLER}.seed"}, True)
+        binds = resolve_bindings("kv", prompt, _bindings(kind), kind == "kv")
         no_metrics = MetricSettings(enabled=False)
 
         def direct(seed):
@@ -187,7 +207,7 @@ def bench_overhead(repeats: int, steps: int) -> None:
 
         def runner(seed):
             t = time.perf_counter()
-            assert cli.main(_runner_args(data, tmp / f"run_{seed}", [srv], wf, seed)) == 0
+            assert cli.main(_runner_args(data, tmp / f"run_{seed}", [srv], wf, seed, kind=kind)) == 0
             return time.perf_counter() - t
 
         direct(999)  # warm-up (imports, first model build)
@@ -197,8 +217,9 @@ def bench_overhead(repeats: int, steps: int) -> None:
             d.append(direct(1000 + 2 * i))
             r.append(runner(1001 + 2 * i))
         n = len(cases)
-        print(f"\n### Runner overhead vs the same workflow through the API directly ({n} cases, tiny KV-Edit "
-              f"{steps} steps, 64 px, --cache-none), median of {repeats}\n")
+        what = f"tiny KV-Edit {steps} steps" if kind == "kv" else "LoadImage > ImageBlur > SaveImage"
+        print(f"\n### Runner overhead vs the same workflow through the API directly ({n} cases, {what}, 64 px, "
+              f"--cache-none), median of {repeats}\n")
         print("| path | s per run | s per case |\n|---|---:|---:|")
         print(f"| direct API (upload, queue, wait, fetch) | {med(d):.2f} | {med(d) / n:.3f} |")
         print(f"| runner (--no-metrics) | {med(r):.2f} | {med(r) / n:.3f} |")
@@ -207,7 +228,7 @@ def bench_overhead(repeats: int, steps: int) -> None:
         srv.stop()
 
 
-def bench_ray(repeats: int, steps: int) -> None:
+def bench_ray(repeats: int, steps: int, kind: str) -> None:
     import ray
 
     from make_pie_mini import CASES, make
@@ -219,12 +240,12 @@ def bench_ray(repeats: int, steps: int) -> None:
     _start_all(servers)
     try:
         data = make(tmp / "pie", 64, CASES + [(f"1{c[0][1:]}",) + tuple(c[1:]) for c in CASES])  # 12 cases
-        wf = _kv_workflow(tmp, servers[0].object_info(), steps)
+        wf = _workflow(kind, tmp, servers[0].object_info(), steps)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
         def go(srvs, seed):
             t = time.perf_counter()
-            assert cli.main(_runner_args(data, tmp / f"ray_{len(srvs)}_{seed}", srvs, wf, seed, "--ray")) == 0
+            assert cli.main(_runner_args(data, tmp / f"ray_{len(srvs)}_{seed}", srvs, wf, seed, "--ray", kind=kind)) == 0
             return time.perf_counter() - t
 
         go(servers, 1)  # warm-up both servers
@@ -233,7 +254,8 @@ def bench_ray(repeats: int, steps: int) -> None:
             one.append(go(servers[:1], 10 + i))
             two.append(go(servers, 100 + i))
         n = 12
-        print(f"\n### Ray: two ComfyUI servers vs one ({n} cases, tiny KV-Edit {steps} steps, 64 px, "
+        what = f"tiny KV-Edit {steps} steps" if kind == "kv" else "LoadImage > ImageBlur > SaveImage"
+        print(f"\n### Ray: two ComfyUI servers vs one ({n} cases, {what}, 64 px, "
               f"OMP_NUM_THREADS=1 per server), median of {repeats}\n")
         print("| servers | wall s | cases / s |\n|---|---:|---:|")
         print(f"| 1 | {med(one):.2f} | {n / med(one):.2f} |")
@@ -250,6 +272,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--only", default="metrics,overhead,ray")
+    ap.add_argument("--workflow", default="kv", choices=["kv", "plain"],
+                    help="kv: the tiny KV-Edit example; plain: a blur (HTTP-bound, for a loaded machine)")
     args = ap.parse_args()
     _setup()
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -258,9 +282,9 @@ def main() -> None:
     if "metrics" in only:
         bench_metrics(args.repeats)
     if "overhead" in only:
-        bench_overhead(args.repeats, args.steps)
+        bench_overhead(args.repeats, args.steps, args.workflow)
     if "ray" in only:
-        bench_ray(args.repeats, args.steps)
+        bench_ray(args.repeats, args.steps, args.workflow)
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
 
 
