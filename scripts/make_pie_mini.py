@@ -68,7 +68,8 @@ def make(out: Path, size: int = 512, cases=CASES) -> Path:
         mapping[cid] = {"image_path": rel, "original_prompt": src, "editing_prompt": tgt,
                         "editing_instruction": instr, "editing_type_id": type_id, "blended_word": "",
                         "mask": rle_encode(mask_for(shape, size))}
-    (out / "mapping_file.json").write_text(json.dumps(mapping, indent=1))
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in mapping.items()]  # one case per line
+    (out / "mapping_file.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")
     return out
 
 
