@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_region import EditRegionPreview
+from .evaluation.nodes import NODES as EVALUATION_NODES
 from .examples import install_example_images
 from .kv_edit.nodes import NODES as KV_EDIT_NODES
 from .pixels.nodes import EditStrengthMap, ExemplarLatentSurgery
@@ -22,4 +23,5 @@ class PreciseEditExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         await self.on_load()  # ComfyUI 0.3.75 does not call on_load itself
-        return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES]
+        return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES,
+                *EVALUATION_NODES]

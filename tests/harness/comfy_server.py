@@ -29,8 +29,10 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfyui: Path, pack: Path, helpers: Path, base: Path, python: str = sys.executable):
+    def __init__(self, comfyui: Path, pack: Path, helpers: Path, base: Path, python: str = sys.executable,
+                 extra_args: tuple = (), env: dict | None = None):
         self.comfyui, self.pack, self.helpers, self.base = comfyui, pack, helpers, base
+        self.extra_args, self.extra_env = list(extra_args), dict(env or {})
         self.python = python
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,8 +48,8 @@ class ComfyServer:
                 link.symlink_to(target, target_is_directory=True)
         cmd = [self.python, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-               "--base-directory", str(self.base), "--disable-auto-launch", "--verbose", "INFO"]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+               "--base-directory", str(self.base), "--disable-auto-launch", "--verbose", "INFO", *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout

@@ -1,0 +1,41 @@
+"""Measuring edits: KV-Edit's example edit followed by EditMetrics (PIE-Bench's metrics)."""
+from build_workflows import Workflow  # noqa: F401 (the builder every workflows_* module shares)
+from workflows_kv_edit import SOURCE, TARGET, kv_edit_flux_dev
+
+MODE_MUTED = 2
+
+
+def evaluate_kv_edit_flux_dev() -> Workflow:
+    wf = kv_edit_flux_dev()
+    wf.title = "evaluate_kv_edit_flux_dev"
+    wf.label = "Measure an edit - KV-Edit + Edit Metrics (FLUX.1-dev)"
+    by_type = {}
+    for n in wf.nodes:
+        by_type.setdefault(n["type"], []).append(n["id"])
+    img, save = by_type["LoadImage"][0], by_type["SaveImage"][0]
+    paste = by_type["KVEditPixelPaste"][0]
+    wf.note((1760, -420), "**Edit Metrics** measures the edit as PIE-Bench does: structure distance (DINO), "
+                          "PSNR / LPIPS / MSE / SSIM outside and inside the mask, CLIP similarity to the target "
+                          "text. Models come from models/lpips (torchvision SqueezeNet weights), models/dino "
+                          "(dino_vitbase8_pretrain.pth) and, for CLIP, the two loaders below: un-mute them "
+                          "(select, Ctrl+M) once you have a CLIP ViT-L/14 vision model and clip_l. A missing "
+                          "file makes its metric 'n/a'; the others are still measured.", size=(420, 200))
+    cv = wf.node("CLIPVisionLoader", (2120, -420), widgets=["clip_vision_vit_l_14.safetensors"],
+                 outputs=[("CLIP_VISION", "CLIP_VISION")], size=(320, 60), mode=MODE_MUTED)
+    cl = wf.node("CLIPLoader", (2120, -330), widgets=["clip_l.safetensors", "stable_diffusion", "default"],
+                 outputs=[("CLIP", "CLIP")], size=(320, 110), mode=MODE_MUTED)
+    metrics = wf.node("EditMetrics", (2120, -190),
+                      widgets=["pie-bench border", TARGET, "squeeze", "dino_vitbase8_pretrain.pth", SOURCE],
+                      inputs=[("source", "IMAGE"), ("edited", "IMAGE"), ("mask", "MASK"),
+                              ("clip_vision", "CLIP_VISION"), ("clip", "CLIP")],
+                      outputs=[("metrics", "EDIT_METRICS"), ("table", "IMAGE")], size=(420, 520))
+    wf.link(img, 0, metrics, "source")
+    wf.link(paste, 0, metrics, "edited")
+    wf.link(img, 1, metrics, "mask")
+    wf.link(cv, 0, metrics, "clip_vision")
+    wf.link(cl, 0, metrics, "clip")
+    assert save
+    return wf
+
+
+WORKFLOWS = [evaluate_kv_edit_flux_dev]
