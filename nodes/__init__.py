@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_region import EditRegionPreview
+from .instruct.nodes import NODES as INSTRUCT_NODES
 from .kv_edit.nodes import NODES as KV_EDIT_NODES
 from .pixels.nodes import EditStrengthMap, ExemplarLatentSurgery
 from .spot_edit.nodes import NODES as SPOT_EDIT_NODES
@@ -11,4 +12,5 @@ from .spot_edit.nodes import NODES as SPOT_EDIT_NODES
 
 class PreciseEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES]
+        return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES,
+                *INSTRUCT_NODES]
