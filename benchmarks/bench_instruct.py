@@ -8,7 +8,7 @@ equivalent), linear schedules on both scales, and the instruction-strength mode.
 guidance adds a fourth condition (one more model evaluation per step), so its row is informative
 only (it is not the same work). Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_instruct.py [--channels 128] [--side 48] [--steps 10] [--repeats 5]
+    .venv/bin/python benchmarks/bench_instruct.py [--channels 128] [--side 48] [--steps 10] [--repeats 5] [--threads 1]
 """
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def main():
     p.add_argument("--side", type=int, default=48, help="latent side")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = tm.tiny_sd15_ip2p(0, channels=args.channels)
     dev = mm.get_torch_device()
     gen = torch.Generator().manual_seed(0)
@@ -98,6 +101,18 @@ def main():
     for k, v in times.items():
         m = statistics.median(v)
         print(f"{k:40s} {1000 * m:10.2f} {100 * (m / ref - 1):+10.2f}%")
+    # The guider's own work per step beyond DualCFG's (step lookup in the sampler's sigmas, the
+    # scales of that step, bookkeeping), timed alone: robust to other load on the machine.
+    g = variants["InstructGuider, linear schedules"]()
+    opts = {"transformer_options": {"sample_sigmas": sigmas}}
+    g.scales_at(sigmas[0], opts)
+    n = 2000
+    t = time.perf_counter()
+    for k in range(n):
+        g.scales_at(sigmas[k % args.steps], opts)
+    own = (time.perf_counter() - t) / n
+    print(f"InstructGuider's own work: {1e6 * own:.1f} us/step = {100 * own / ref:.3f}% of a DualCFG step "
+          f"(target <= 2%)")
 
 
 if __name__ == "__main__":

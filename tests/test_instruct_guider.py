@@ -180,3 +180,21 @@ def test_node_outputs_a_guider():
     pos, mid, neg = conds_of("sd15")
     out = InstructGuider.execute(model_of("sd15"), pos, neg, image_only=mid)
     assert isinstance(out.result[0], comfy.samplers.CFGGuider)
+
+
+def test_conditions_are_batched_into_one_model_call_per_step():
+    import comfy.patcher_extension as pe
+
+    calls = []
+
+    def count(executor, *args, **kwargs):
+        calls.append(int(args[0].shape[0]))  # batch rows of this model evaluation
+        return executor(*args, **kwargs)
+
+    model = model_of("sd15").clone()
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test.count", count)
+    pos, mid, neg = conds_of("sd15")
+    neg_instr = tm.stub_conditioning("sd15", "blurry")
+    g, _ = instruct_guider(model, pos, neg, mid, neg_instr, text_scale=5.0, image_scale=1.5)
+    run(g, "sd15", steps=3)
+    assert calls == [4, 4, 4]  # positive, image-only, negative and the negative instruction together

@@ -232,7 +232,7 @@ def instruct_guider(model, positive, negative, image_only=None, negative_instruc
             dng.check()
         except G.GuidanceError as e:
             raise NodeInputError(f"{node}: {e}") from None
-    if image_only is None and (image_schedule != "constant" or image_scale != 1.5):
+    if image_only is None:
         notes.append(f"{node}: no image_only condition: true CFG between positive and negative with the text scale; "
                      f"the image scale is not used")
     for prefix, kind, values in (("text", text_schedule, text_values), ("image", image_schedule, image_values)):
