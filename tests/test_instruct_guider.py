@@ -10,7 +10,7 @@ from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
 import tiny_models as tm
 from precise_edit.kernels import guidance as G
-from precise_edit.kernels import spatial as SP
+from precise_edit.kernels import detail as DT
 from precise_edit.nodes.common import NodeInputError
 from precise_edit.nodes.instruct.nodes import InstructGuider, instruct_guider
 
@@ -143,7 +143,7 @@ def test_text_scale_from_instruction_follows_detail():
         g, notes = instruct_guider(model_of("sd15"), pos, neg, mid, None, text_scale_mode="from instruction",
                                    instruction=text, text_scale_min=4.0, text_scale_max=12.0)
         scales.append(g.plan.text.start)
-        want = G.scale_from_strength(SP.detail_strength(SP.detail(text)), 4.0, 12.0)
+        want = G.scale_from_strength(DT.detail_strength(DT.detail(text)), 4.0, 12.0)
         assert g.plan.text.start == pytest.approx(want) and "text scale" in notes[0]
     assert scales == sorted(scales) and scales[0] < scales[-1] and 4.0 <= scales[0] and scales[-1] <= 12.0
     with pytest.raises(NodeInputError, match="needs the instruction text"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from precise_edit.kernels import detail as D
 from precise_edit.kernels import spatial as S
 
 T = 1 / 3
@@ -276,10 +277,10 @@ def test_languages_come_from_data_files(tmp_path, monkeypatch):
 def test_detail_measure_is_monotone():
     steps = ["add a dog", "add a brown dog", "add a brown dog with a red collar",
              "add a brown dog with a red collar in the bottom right corner"]
-    counts = [S.detail(s).count for s in steps]
+    counts = [D.detail(s).count for s in steps]
     assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
-    d = S.detail(steps[-1])
+    d = D.detail(steps[-1])
     assert (d.objects, d.attributes, d.relations) == (2, 2, 1)
-    vi = S.detail("thêm một con chó nâu có vòng cổ đỏ ở góc dưới bên phải")
+    vi = D.detail("thêm một con chó nâu có vòng cổ đỏ ở góc dưới bên phải")
     assert vi.attributes == 2 and vi.relations == 1
-    assert [S.detail_strength(S.Detail(n, 0, 0), 4) for n in range(6)] == [0, .25, .5, .75, 1, 1]
+    assert [D.detail_strength(D.Detail(n, 0, 0), 4) for n in range(6)] == [0, .25, .5, .75, 1, 1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ...kernels import detail as DT
 from ...kernels import guidance as G
 from ...kernels import spatial as SP
 from ...kernels import surgery as K
@@ -211,8 +212,8 @@ def instruct_guider(model, positive, negative, image_only=None, negative_instruc
             raise NodeInputError(f"{node}: text_scale_mode 'from instruction' needs the instruction text; connect "
                                  f"it to 'instruction' (e.g. from Spatial Instruction's input)")
         try:
-            d = SP.detail(instruction)
-            s = SP.detail_strength(d)
+            d = DT.detail(instruction)
+            s = DT.detail_strength(d)
             text_scale = G.scale_from_strength(s, text_scale_min, text_scale_max)
         except (SP.SpatialError, G.GuidanceError) as e:
             raise NodeInputError(f"{node}: {e}") from None
