@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .edit_region import EditRegionPreview
 from .evaluation.nodes import NODES as EVALUATION_NODES
 from .examples import install_example_images
+from .instruct.nodes import NODES as INSTRUCT_NODES
 from .kv_edit.nodes import NODES as KV_EDIT_NODES
 from .pixels.nodes import EditStrengthMap, ExemplarLatentSurgery
 from .spot_edit.nodes import NODES as SPOT_EDIT_NODES
@@ -24,4 +25,4 @@ class PreciseEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         await self.on_load()  # ComfyUI 0.3.75 does not call on_load itself
         return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES,
-                *EVALUATION_NODES]
+                *EVALUATION_NODES, *INSTRUCT_NODES]

@@ -121,6 +121,13 @@ def tiny_sd15(seed: int = 0, **kw):
     return _patcher(comfy.supported_models.SD15(sd15_config(**kw)), seed)
 
 
+def tiny_sd15_ip2p(seed: int = 0, **kw):
+    """An InstructPix2Pix-type SD1.5 UNet: 8 input channels (noise + the encoded source image)."""
+    cfg = sd15_config(**kw)
+    cfg["in_channels"] = 8
+    return _patcher(comfy.supported_models.SD15_instructpix2pix(cfg), seed)
+
+
 def tiny_sdxl(seed: int = 0, **kw):
     """An SDXL-class UNet (adm size/pooled conditioning, linear transformer projections)."""
     return _patcher(comfy.supported_models.SDXL(sdxl_config(**kw)), seed)
@@ -237,4 +244,5 @@ FIXTURES = {
     "qwen_image": Fixture("qwen_image", lambda seed=0: tiny_qwen_image(seed), lambda: tiny_wan_vae()),
     "sd15": Fixture("sd15", lambda seed=0: tiny_sd15(seed), lambda: tiny_taesd_vae(4)),
     "sdxl": Fixture("sdxl", lambda seed=0: tiny_sdxl(seed), lambda: tiny_taesd_vae(4)),
+    "sd15_ip2p": Fixture("sd15", lambda seed=0: tiny_sd15_ip2p(seed), lambda: tiny_taesd_vae(4)),
 }

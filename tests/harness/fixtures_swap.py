@@ -24,6 +24,8 @@ def family_from_name(name: str) -> str:
     n = name.lower()
     if "qwen" in n:
         return "qwen_image"
+    if "pix2pix" in n:
+        return "sd15_ip2p"
     if "kontext" in n:
         return "flux_kontext"
     if "schnell" in n:

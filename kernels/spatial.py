@@ -1,0 +1,463 @@
+"""Spatial phrases in edit instructions -> regions and moves (the detail measure is in ``detail.py``).
+
+Pure Python and torch, no ComfyUI. The words live in data files (``kernels/data/spatial_<lang>.json``,
+one per language: English and Vietnamese ship), so a language is added without code. The geometry
+is language-free and lives in ``kernels/places.py``:
+
+* **absolute places**: corners (a third of each side), quarters, halves, thirds, edges (a fifth),
+  the centre (the middle half of each side); several found together are intersected
+  ("on the left ... at the top" = the top-left quarter);
+* **relative places** given the object's box ``(x0, y0, x1, y1)`` of width ``w``, height ``h``:
+  above = ``(x0, y0 - h, x1, y0)``, below, left of, right of likewise, next to = left of U right of;
+* **sizes** ("small", "large") scale the place around its anchor (the image border or the object
+  side it touches; the centre otherwise);
+* **moves** ("move it 10% to the right", "move it left", "move it to the top") give an offset in
+  fractions of the image (default amount 25%); a target place ("to the top") needs the object box.
+  With the object box, an offset that would push the object partly out of the image is clipped
+  (with a notice); one that would put it entirely outside is an error.
+
+A table entry is ``"phrase": "region"`` or ``"phrase": {"region": ..., "needs_preposition": bool,
+"as_relation": ...}``: short words ("left", "top") count only after a preposition ("on the left"),
+and a place word followed by ``of`` + an object ("left of the tree"; in Vietnamese also directly
+"bên trái cái ghế") becomes the relation ``as_relation``. An instruction with no spatial phrase is
+returned unchanged (never a guess).
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .places import (REGIONS, SpatialError, _box_and, _clip, _empty, _shift, box_of_mask,  # noqa: F401
+                     boxes_mask, clip_offset, iou, relation_boxes, scale_box, target_offset)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_MOVE = 0.25
+
+RELATIONS = ("above", "below", "left_of", "right_of", "next_to")
+IMAGE_EQUIVALENT = {"above": "top_half", "below": "bottom_half", "left_of": "left_half", "right_of": "right_half",
+                    "next_to": None}
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)?|[^\W\d_]+(?:-[^\W\d_]+)*|[%,.;!?]")
+
+
+class MissingObjectMask(SpatialError):
+    """A relative place or a move target was found but no object box was given."""
+
+
+# ------------------------------------------------------------------------------- tables
+
+@dataclass
+class Table:
+    language: str
+    name: str
+    raw: dict
+    regions: dict = field(default_factory=dict)   # tuple(tokens) -> dict(region, needs_preposition, as_relation)
+    relations: dict = field(default_factory=dict)  # tuple(tokens) -> relation
+    prepositions: list = field(default_factory=list)
+    image_words: list = field(default_factory=list)
+    links: list = field(default_factory=list)
+    articles: set = field(default_factory=set)
+    stops: set = field(default_factory=set)
+    sizes: dict = field(default_factory=dict)
+    move_verbs: list = field(default_factory=list)
+    directions: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
+    amount_words: dict = field(default_factory=dict)
+    fillers: list = field(default_factory=list)
+    direct_relation: bool = False
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(m.group(0) for m in _TOKEN.finditer(unicodedata.normalize("NFC", text).lower()))
+
+
+def _phrases(items) -> list[tuple[str, ...]]:
+    return sorted({_words(p) for p in items}, key=len, reverse=True)
+
+
+def available_languages() -> list[str]:
+    return sorted(p.stem.split("_", 1)[1] for p in DATA_DIR.glob("spatial_*.json"))
+
+
+@lru_cache(maxsize=None)
+def load_table(language: str) -> Table:
+    path = DATA_DIR / f"spatial_{language}.json"
+    if not path.is_file():
+        raise SpatialError(f"no phrase table for language '{language}' (have: {', '.join(available_languages())})")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    t = Table(language=raw["language"], name=raw.get("name", language), raw=raw)
+    for phrase, spec in raw.get("regions", {}).items():
+        spec = {"region": spec} if isinstance(spec, str) else dict(spec)
+        if spec["region"] not in REGIONS:
+            raise SpatialError(f"{path.name}: '{phrase}' names an unknown region '{spec['region']}'")
+        t.regions[_words(phrase)] = spec
+    for phrase, rel in raw.get("relations", {}).items():
+        if rel not in RELATIONS:
+            raise SpatialError(f"{path.name}: '{phrase}' names an unknown relation '{rel}'")
+        t.relations[_words(phrase)] = rel
+    t.prepositions = _phrases(raw.get("prepositions", []))
+    t.image_words = _phrases(raw.get("image_words", []))
+    t.links = _phrases(raw.get("relation_link", []))
+    t.articles = {w for p in raw.get("articles", []) for w in _words(p)}
+    t.stops = {_words(p) for p in raw.get("object_stop", [])}
+    t.sizes = {_words(k): float(v) for k, v in raw.get("sizes", {}).items()}
+    t.move_verbs = _phrases(raw.get("move_verbs", []))
+    t.directions = {_words(k): v for k, v in raw.get("directions", {}).items()}
+    t.units = {_words(k): v for k, v in raw.get("amount_units", {}).items()}
+    t.amount_words = {_words(k): float(v) for k, v in raw.get("amount_words", {}).items()}
+    t.fillers = _phrases(raw.get("move_fillers", []))
+    t.direct_relation = bool(raw.get("direct_relation", False))
+    return t
+
+
+# ------------------------------------------------------------------------------ results
+
+@dataclass
+class Parsed:
+    """What was understood. ``kind``: "none" (not spatial), "region" or "move"."""
+    kind: str
+    text: str                                   # the instruction with the spatial phrase removed
+    language: str
+    boxes: list = field(default_factory=list)   # union of boxes (x0, y0, x1, y1), fractions
+    offset: tuple = (0.0, 0.0)                  # move: (dx, dy) fractions of width / height
+    phrases: list = field(default_factory=list)  # what matched, for the notice
+    notes: list = field(default_factory=list)
+    relations: int = 0                          # spatial relations found (for the detail measure)
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return "no spatial phrase understood: the instruction passes through unchanged, empty region"
+        found = ", ".join(self.phrases)
+        if self.kind == "move":
+            return (f"move ({found}): offset x {100 * self.offset[0]:+.1f}% y {100 * self.offset[1]:+.1f}% of the "
+                    f"image; instruction: '{self.text}'")
+        bs = "; ".join("x %.2f-%.2f y %.2f-%.2f" % (b[0], b[2], b[1], b[3]) for b in self.boxes) or "empty"
+        return f"region ({found}): {bs}; instruction: '{self.text}'"
+
+
+# ------------------------------------------------------------------------------ matching
+
+class _Tokens:
+    def __init__(self, text: str):
+        self.text = unicodedata.normalize("NFC", text)
+        lower = self.text.lower()
+        self.spans = [(m.start(), m.end()) for m in _TOKEN.finditer(lower)]
+        self.words = [lower[a:b] for a, b in self.spans]
+        self.used = [False] * len(self.words)
+
+    def at(self, i: int, phrase: tuple) -> bool:
+        return tuple(self.words[i:i + len(phrase)]) == phrase and not any(self.used[i:i + len(phrase)])
+
+    def match_any(self, i: int, phrases) -> tuple | None:
+        for p in phrases:
+            if p and self.at(i, p):
+                return p
+        return None
+
+    def ends_with_any(self, j: int, phrases) -> tuple | None:
+        """A phrase ending just before token ``j``."""
+        for p in phrases:
+            if p and j - len(p) >= 0 and self.at(j - len(p), p):
+                return p
+        return None
+
+    def use(self, a: int, b: int) -> None:
+        for k in range(a, b):
+            self.used[k] = True
+
+    def remainder(self, dangling=()) -> str:
+        """The text without the used tokens (and without ``dangling`` words left at its ends)."""
+        for order in (range(len(self.words)), range(len(self.words) - 1, -1, -1)):
+            for k in order:
+                if self.used[k]:
+                    continue
+                if (self.words[k],) in dangling or not self.words[k][0].isalnum():
+                    self.used[k] = True
+                    continue
+                break
+        out, pos = [], 0
+        for (a, b), used in zip(self.spans, self.used):
+            if used:
+                out.append(self.text[pos:a])
+                pos = b
+        out.append(self.text[pos:])
+        s = re.sub(r"\s+", " ", "".join(out)).strip()
+        s = re.sub(r"\s+([,.;!?%])", r"\1", s)
+        s = re.sub(r"([,;])(\s*[,;.!?])+", r"\1", s)
+        return s.strip(" ,;").strip()
+
+
+def _find(tokens: _Tokens, table: dict) -> list[tuple[int, int, object]]:
+    """Non-overlapping longest matches of a phrase table (``tuple(tokens) -> value``)."""
+    phrases = sorted(table, key=len, reverse=True)
+    found = []
+    i = 0
+    taken = list(tokens.used)
+    while i < len(tokens.words):
+        hit = None
+        for p in phrases:
+            if tuple(tokens.words[i:i + len(p)]) == p and not any(taken[i:i + len(p)]):
+                hit = p
+                break
+        if hit:
+            found.append((i, i + len(hit), table[hit]))
+            for k in range(i, i + len(hit)):
+                taken[k] = True
+            i += len(hit)
+        else:
+            i += 1
+    return found
+
+
+def _object_phrase_end(tokens: _Tokens, j: int, t: Table) -> int:
+    """End of the object's noun phrase that starts at token ``j`` (articles, then words up to a stop
+    word, a punctuation mark or the end)."""
+    k = j
+    while k < len(tokens.words):
+        if any(tuple(tokens.words[k:k + len(s)]) == s for s in t.stops) or tokens.used[k]:
+            break
+        k += 1
+    return k
+
+
+def _starts_object(tokens: _Tokens, j: int, t: Table) -> bool:
+    if j >= len(tokens.words) or tokens.used[j]:
+        return False
+    w = tokens.words[j]
+    if not w[0].isalpha() or any(tuple(tokens.words[j:j + len(s)]) == s for s in t.stops):
+        return False
+    if tokens.match_any(j, t.image_words) or tokens.match_any(j, t.prepositions):
+        return False
+    return not any(tuple(tokens.words[j:j + len(s)]) == s for s in t.sizes)
+
+
+# ------------------------------------------------------------------------------- parsing
+
+def detect_language(text: str) -> str:
+    """The table whose phrases cover most of the instruction (English on a tie)."""
+    best, score = "en", -1
+    for lang in available_languages():
+        t = load_table(lang)
+        tokens = _Tokens(text)
+        n = sum(b - a for a, b, _ in _find(tokens, {**t.regions, **{k: 1 for k in t.relations},
+                                                    **{p: 1 for p in t.move_verbs}, **t.directions}))
+        if n > score or (n == score and lang == "en"):
+            best, score = lang, n
+    return best
+
+
+def parse(text: str, language: str = "auto", object_box=None, image_size=None) -> Parsed:
+    """Understand the spatial part of ``text``.
+
+    ``object_box``: the object's box ``(x0, y0, x1, y1)`` in fractions (needed for relative places
+    and move targets); ``image_size``: ``(width, height)`` in pixels (for moves given in pixels).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SpatialError("the instruction is empty; write what to change (e.g. 'add a tree in the "
+                           "bottom right corner')")
+    lang = detect_language(text) if language == "auto" else language
+    t = load_table(lang)
+    tokens = _Tokens(text)
+    verbs = [(i, p) for i in range(len(tokens.words)) if (p := tokens.match_any(i, t.move_verbs))]
+    if verbs:
+        parsed = _parse_move(tokens, t, verbs, object_box, image_size)
+        if parsed is not None:
+            return parsed
+        tokens = _Tokens(text)
+    return _parse_region(tokens, t, object_box)
+
+
+def _preposition_before(tokens: _Tokens, i: int, t: Table) -> int:
+    """Start of a preposition (e.g. 'in the') right before token ``i``, or ``i`` when there is none."""
+    p = tokens.ends_with_any(i, t.prepositions)
+    return i - len(p) if p else i
+
+
+def _take_image_words(tokens: _Tokens, j: int, t: Table) -> int:
+    p = tokens.match_any(j, t.image_words)
+    return j + len(p) if p else j
+
+
+def _dangling(t: Table) -> set:
+    """Words that make no sense alone at either end of what is left ('and', 'in the', ...)."""
+    return {s for s in t.stops if len(s) == 1} | {p[-1:] for p in t.prepositions}
+
+
+def _parse_region(tokens: _Tokens, t: Table, object_box) -> Parsed:
+    boxes_and: list = []        # absolute places, intersected
+    relations: list = []        # (relation, object phrase)
+    phrases: list = []
+    # relations first: "to the left of the tree" beats "to the left"
+    candidates = sorted([(a, b, ("rel", v)) for a, b, v in _find(tokens, t.relations)] +
+                        [(a, b, ("reg", v)) for a, b, v in _find(tokens, t.regions)],
+                        key=lambda c: (-(c[1] - c[0]), c[0]))
+    chosen = []
+    for a, b, v in candidates:
+        if any(tokens.used[a:b]) or any(not (b <= c0 or a >= c1) for c0, c1, _ in chosen):
+            continue
+        chosen.append((a, b, v))
+    chosen.sort()
+    sizes = []
+    for a, b, (kind, v) in chosen:
+        if any(tokens.used[a:b]):
+            continue
+        start = _preposition_before(tokens, a, t)
+        if kind == "reg":
+            spec = v
+            if spec.get("needs_preposition") and start == a:
+                continue
+            j = b
+            img = _take_image_words(tokens, j, t)
+            rel = spec.get("as_relation")
+            link = tokens.match_any(j, t.links) if img == j else None
+            if rel and img == j and (link and _starts_object(tokens, j + len(link), t) or
+                                     (t.direct_relation and _starts_object(tokens, j, t))):
+                obj_start = j + (len(link) if link else 0)
+                end = _object_phrase_end(tokens, obj_start, t)
+                relations.append((rel, " ".join(tokens.words[obj_start:end])))
+                phrases.append(" ".join(tokens.words[a:end]))
+                tokens.use(start, end)
+                continue
+            boxes_and.append(REGIONS[spec["region"]])
+            phrases.append(" ".join(tokens.words[a:b]))
+            tokens.use(start, img)
+        else:
+            j = b
+            img = _take_image_words(tokens, j, t)
+            if img > j:
+                eq = IMAGE_EQUIVALENT[v]
+                if eq is None:
+                    continue
+                boxes_and.append(REGIONS[eq])
+                phrases.append(" ".join(tokens.words[a:img]))
+                tokens.use(start, img)
+                continue
+            if not _starts_object(tokens, j, t):
+                continue
+            end = _object_phrase_end(tokens, j, t)
+            relations.append((v, " ".join(tokens.words[j:end])))
+            phrases.append(" ".join(tokens.words[a:end]))
+            tokens.use(start, end)
+    if not boxes_and and not relations:
+        return Parsed("none", tokens.text.strip(), t.language)
+    for a, b, f in _find(tokens, t.sizes):
+        sizes.append((" ".join(tokens.words[a:b]), f))
+    notes = []
+    boxes: list = []
+    anchor = None
+    if relations:
+        if object_box is None:
+            rel, obj = relations[0]
+            raise MissingObjectMask(f"'{phrases[0]}' is a place relative to an object ({obj or 'the object'}); "
+                                    f"connect that object's mask to 'object_mask'")
+        for rel, _ in relations:
+            boxes += relation_boxes(rel, object_box)
+        if boxes_and:
+            whole = boxes_and[0]
+            for b in boxes_and[1:]:
+                whole = _box_and(whole, b)
+            boxes = [c for c in (_box_and(b, whole) for b in boxes) if not _empty(c)]
+        if not boxes:
+            notes.append("there is no room there inside the image (the object touches that border): empty region")
+        if len(relations) == 1 and relations[0][0] in ("above", "below", "left_of", "right_of") and boxes:
+            x0, y0, x1, y1 = object_box
+            anchor = {"above": ((x0 + x1) / 2, y0), "below": ((x0 + x1) / 2, y1),
+                      "left_of": (x0, (y0 + y1) / 2), "right_of": (x1, (y0 + y1) / 2)}[relations[0][0]]
+    else:
+        whole = boxes_and[0]
+        for b in boxes_and[1:]:
+            whole = _box_and(whole, b)
+        if _empty(whole):
+            notes.append("the places named do not overlap: empty region")
+        else:
+            boxes = [whole]
+    if sizes and boxes:
+        f = sizes[0][1]
+        boxes = [scale_box(b, f, anchor) for b in boxes]
+        phrases.append(sizes[0][0])
+    out = Parsed("region", tokens.remainder(_dangling(t)), t.language, boxes=boxes, phrases=phrases, notes=notes,
+                 relations=len(relations) + len(boxes_and))
+    return out
+
+
+def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Parsed | None:
+    dirs = _find(tokens, t.directions)
+    targets = []
+    for a, b, spec in _find(tokens, t.regions):
+        if spec.get("needs_preposition") and _preposition_before(tokens, a, t) == a:
+            continue
+        if any(da <= a and b <= db for da, db, _ in dirs):
+            continue  # "to the left" is a direction, not the place "left"
+        targets.append((a, b, spec["region"]))
+    # a direction inside a longer place ("right" in "bottom right corner") belongs to the place
+    dirs = [d for d in dirs if not any(a <= d[0] and d[1] <= b and b - a > d[1] - d[0] for a, b, _ in targets)]
+    if targets:
+        dirs = []
+    if not dirs and not targets:
+        return None
+    phrases = []
+    for i, p in verbs[:1]:
+        tokens.use(i, i + len(p))
+    # amounts: a number followed by a unit, or words like "slightly"
+    amount, unit = None, None
+    k = 0
+    while k < len(tokens.words):
+        w = tokens.words[k]
+        if re.fullmatch(r"\d+(?:[.,]\d+)?", w):
+            u = tokens.match_any(k + 1, sorted(t.units, key=len, reverse=True))
+            if u:
+                amount, unit = float(w.replace(",", ".")), t.units[u]
+                phrases.append(" ".join(tokens.words[k:k + 1 + len(u)]))
+                tokens.use(k, k + 1 + len(u))
+                before = tokens.ends_with_any(k, t.fillers)
+                if before:
+                    tokens.use(k - len(before), k)
+                k += 1 + len(u)
+                continue
+        k += 1
+    if amount is None:
+        for a, b, f in _find(tokens, t.amount_words):
+            amount, unit = f, "fraction"
+            phrases.append(" ".join(tokens.words[a:b]))
+            tokens.use(a, b)
+            break
+    notes = []
+    if dirs:
+        dx = dy = 0.0
+        for a, b, d in dirs:
+            if any(tokens.used[a:b]):
+                continue
+            ux, uy = DIRECTIONS[d]
+            dx, dy = dx + ux, dy + uy
+            phrases.append(" ".join(tokens.words[a:b]))
+            tokens.use(_preposition_before(tokens, a, t), b)
+        if amount is None:
+            amount, unit = DEFAULT_MOVE, "fraction"
+            notes.append(f"no amount given: moved by {100 * DEFAULT_MOVE:.0f}% of the image")
+        if unit == "pixels":
+            if image_size is None:
+                raise SpatialError("a move in pixels needs the image size; connect 'image' (or give the move in %)")
+            fx, fy = amount / image_size[0], amount / image_size[1]
+        else:
+            fx = fy = amount / 100.0 if unit == "percent" else amount
+        offset = (dx * fx, dy * fy)
+    else:
+        a, b, region = targets[0]
+        phrases.append(" ".join(tokens.words[a:b]))
+        tokens.use(_preposition_before(tokens, a, t), _take_image_words(tokens, b, t))
+        if object_box is None:
+            raise MissingObjectMask(f"moving the object to '{phrases[-1]}' needs to know where it is now; "
+                                    f"connect its mask to 'object_mask'")
+        offset = target_offset(object_box, REGIONS[region])
+    parsed = Parsed("move", tokens.remainder(_dangling(t)), t.language, offset=offset, phrases=phrases, notes=notes,
+                    relations=1)
+    if object_box is not None:
+        parsed.offset, clip_note = clip_offset(object_box, offset)
+        if clip_note:
+            parsed.notes.append(clip_note)
+        parsed.boxes = [_shift(object_box, parsed.offset)]
+    return parsed

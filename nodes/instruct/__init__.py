@@ -1,0 +1,1 @@
+"""Instruction editing: SpatialInstruction, MoveObject, InstructGuider."""
