@@ -62,7 +62,8 @@ def test_fusion_schedule_changes_the_edit(s):
 
 def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
     """What attention sees for settled tokens on a selective step: a * cached + (1 - a) * reference
-    keys and values, a = cos^2(pi sigma / 2), from the last full step's record."""
+    keys (the reference key rotated to the image position) and values, a = cos^2(pi sigma / 2),
+    from the last full step's record."""
     model = _patched(s, "cos2")
     state = model.model_options["transformer_options"]["precise_edit_spot"]
     orig = state.controller._make_override
@@ -94,6 +95,13 @@ def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
     active = torch.zeros(4, 6, dtype=torch.bool)
     active[:2, :3] = True
     idx = (~active.flatten()).nonzero().flatten()
+    # the reference half of a settled key is the reference key moved to the image token's position:
+    # RoPE is linear in the position ids, so that is RoPE at the id difference (ComfyUI's own functions)
+    from comfy.ldm.flux.math import apply_rope1
+
+    dm = s.model.model.diffusion_model
+    ids = state.controller.last_img_ids[:1]
+    ref_k_at_img = apply_rope1(ref_k, dm.pe_embedder((ids[:, :n_img] - ids[:, n_img:2 * n_img]).float()))
     selective = seen[WARMUP:]
     assert len(selective) == 4
     weights = [math.cos(math.pi * sigma / 2) ** 2 for sigma, *_ in selective]
@@ -101,7 +109,7 @@ def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
     for sigma, computed, k2, v2 in selective:
         a = math.cos(math.pi * sigma / 2) ** 2
         got_k, got_v = k2[:, :, computed:computed + idx.numel()], v2[:, :, computed:computed + idx.numel()]
-        want_k = a * img_k[:, :, idx] + (1 - a) * ref_k[:, :, idx]
+        want_k = a * img_k[:, :, idx] + (1 - a) * ref_k_at_img[:, :, idx]
         want_v = a * img_v[:, :, idx] + (1 - a) * ref_v[:, :, idx]
         assert torch.allclose(got_k, want_k, atol=1e-5) and torch.allclose(got_v, want_v, atol=1e-5)
         # the reference tokens follow, unchanged
