@@ -261,7 +261,7 @@ def authors_qwen(checkout, tr, prompt, y_model, noise, steps, judge, tau, dilati
 
     qwen_spotedit.Spotselect = spy
     try:
-        img = types.SimpleNamespace(size=(1024, 1024))
+        img = types.SimpleNamespace(size=(1024, 1024))  # their reference is always scaled to 1024x1024
         out = qwen_spotedit.generate(pipe, image=img, prompt="x", num_inference_steps=steps, true_cfg_scale=1.0,
                                      output_type="latent", config=conf)
     finally:
@@ -327,8 +327,9 @@ def main():
     args = p.parse_args()
     global SIDE
     SIDE = args.side
-    if SIDE != 128 and "perceptual" in args.judges:
-        raise SystemExit("the authors' perceptual judge unpacks a 1024x1024 image: use --side 128")
+    if SIDE != 128 and ("perceptual" in args.judges or "qwen_image" in args.families):
+        raise SystemExit("the authors' perceptual judge and their Qwen-Image-Edit pipeline assume a 1024x1024 "
+                         "image: use --side 128")
     torch.set_grad_enabled(False)
     if "qwen_image" in args.families:
         compare_qwen(args)
