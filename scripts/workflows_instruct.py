@@ -196,7 +196,7 @@ def instruct_move_object_sdxl() -> Workflow:
     wf.link(img, 1, mv, "object_mask")
     wf.link(sp, 2, mv, "offset_x")
     wf.link(sp, 3, mv, "offset_y")
-    surg = wf.node("ExemplarLatentSurgery", (1140, 20), widgets=["stretch", "stretch", "fit"], inputs=SURGERY_INPUTS,
+    surg = wf.node("ExemplarLatentSurgery", (1140, 20), widgets=["stretch", "stretch", "fit", "linear", 2.0, 6.0], inputs=SURGERY_INPUTS,
                    outputs=[("model", "MODEL"), ("latent", "LATENT")], size=(340, 300))
     wf.link(ckpt, 0, surg, "model")
     wf.link(enc, 0, surg, "source")
