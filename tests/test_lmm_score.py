@@ -174,3 +174,27 @@ def test_node_batch_with_per_case_failure_and_down_endpoint(server, tmp_path, mo
         LMMScore.execute(src, edited, "x", server.url, " ")
     with pytest.raises(NodeInputError, match=r"LMMScore: source batch \(2\) must be 1 or match edited \(3\)"):
         LMMScore.execute(edited, torch.rand(3, 16, 16, 3), "x", server.url, "m")
+
+
+def test_command_over_a_run_marks_failed_cases(server, tmp_path):
+    import csv
+    from pathlib import Path
+
+    from precise_edit.bench.judge_cli import main
+
+    data = Path(__file__).resolve().parent.parent / "bench" / "data" / "pie_mini"
+    ids = list(json.loads((data / "mapping_file.json").read_text()))[:2]
+    run = tmp_path / "run"
+    for cid in [*ids, "not_in_data"]:
+        (run / "cases" / "kv__ab" / cid).mkdir(parents=True)
+        (run / "cases" / "kv__ab" / cid / "edited.png").write_bytes(b"PNG" + cid.encode())
+    server.script = [("json", GOOD), ("status", 500)]
+    rc = main(["lmm", "--run", str(run), "--data", str(data), "--endpoint", server.url, "--model", "m",
+               "--max-retries", "0", "--cache", str(tmp_path / "c.sqlite")])
+    assert rc == 0
+    rows = {r["case_id"]: r for r in csv.DictReader(open(run / "lmm_scores.csv"))}
+    assert rows[ids[0]]["status"] == "ok" and float(rows[ids[0]]["score"]) == pytest.approx(7.3)
+    assert rows[ids[1]]["status"] == "failed" and "HTTP 500" in rows[ids[1]]["error"]
+    assert rows["not_in_data"]["status"] == "failed" and rows["not_in_data"]["method"] == "kv"
+    assert server.requests[0][2]["messages"][1]["content"][2]["text"].count(
+        json.loads((data / "mapping_file.json").read_text())[ids[0]]["editing_instruction"]) == 1

@@ -153,3 +153,19 @@ def test_missing_weights_and_bad_sets_are_named(tmp_path, monkeypatch, two_sets)
         SetFID.execute(set_fid.INCEPTION_FILE, str(edited), str(empty))
     with pytest.raises(ValueError, match="at least 2 images"):
         set_fid.score(torch.zeros(1, 2048), torch.zeros(5, 2048))
+
+
+def test_command_fid_over_folders(inception_file, two_sets, tmp_path, capsys):
+    from precise_edit.bench.judge_cli import main
+
+    edited, reference = two_sets
+    assert main(["fid", "--edited", str(edited), "--reference", str(reference), "--inception",
+                 str(tmp_path / "nope.pth")]) == 2
+    assert f"nope.pth not found in {tmp_path}" in capsys.readouterr().err
+    assert main(["fid", "--edited", str(edited), "--reference", str(reference), "--inception",
+                 str(inception_file)]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out[cap.out.index("{"):])
+    assert out["n_edited"] == 6 and out["fid"] == pytest.approx(
+        folders.fid_of_folders(edited, reference, str(inception_file)).fid, rel=1e-6)
+    assert "warning: only 6 images" in cap.err
