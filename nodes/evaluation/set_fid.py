@@ -73,7 +73,7 @@ class SetFID(io.ComfyNode):
                 io.Image.Input("reference", optional=True, tooltip="Reference images as a batch."),
             ],
             outputs=[
-                io.Float.Output("fid"),
+                io.Float.Output("fid", tooltip="Fréchet Inception Distance (lower = closer to the reference set)."),
                 io.Float.Output("kid", tooltip="KID mean over subsets."),
                 io.String.Output("report", tooltip="FID, KID ± std, sample sizes and warnings."),
             ],
