@@ -3,6 +3,8 @@ from build_workflows import Workflow  # noqa: F401 (the builder every workflows_
 from workflows_kv_edit import SOURCE, TARGET, kv_edit_flux_dev
 
 MODE_MUTED = 2
+MODE_BYPASSED = 4
+INSTRUCTION = "Replace the cat with a corgi."
 
 
 def evaluate_kv_edit_flux_dev() -> Workflow:
@@ -34,6 +36,22 @@ def evaluate_kv_edit_flux_dev() -> Workflow:
     wf.link(img, 1, metrics, "mask")
     wf.link(cv, 0, metrics, "clip_vision")
     wf.link(cl, 0, metrics, "clip")
+    wf.note((2580, -420), "**Set FID / KID** (muted: un-mute with Ctrl+M) compares a folder of edits (or a runner "
+                          "output folder, with 'method') with a folder of real images; it needs torch-fidelity's "
+                          "InceptionV3 weights in models/inception. **LMM Score** (bypassed: Ctrl+B) asks a "
+                          "vision-language model behind an OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama) to "
+                          "rate the edit; the key comes from the environment variable named in api_key_env.",
+            size=(420, 200))
+    wf.node("SetFID", (2580, -190), widgets=["weights-inception-2015-12-05-6726825d.pth", "runs/first",
+                                              "reference_photos", "kv"],
+            inputs=[("edited", "IMAGE"), ("reference", "IMAGE")],
+            outputs=[("fid", "FLOAT"), ("kid", "FLOAT"), ("report", "STRING")], size=(420, 200), mode=MODE_MUTED)
+    lmm = wf.node("LMMScore", (2580, 60), widgets=[INSTRUCTION, "http://127.0.0.1:8000/v1", "Qwen2.5-VL-7B-Instruct",
+                                                   "OPENAI_API_KEY", 60.0, 3, True],
+                  inputs=[("source", "IMAGE"), ("edited", "IMAGE")], outputs=[("score", "FLOAT"), ("report", "STRING")],
+                  size=(420, 300), mode=MODE_BYPASSED)
+    wf.link(img, 0, lmm, "source")
+    wf.link(paste, 0, lmm, "edited")
     assert save
     return wf
 
