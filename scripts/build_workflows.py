@@ -126,9 +126,12 @@ def layout(nodes: list[dict]) -> list[dict]:
     graph = [n for n in out if n["type"] not in NOTE_TYPES]
     x0 = min((n["pos"][0] for n in out), default=0)
     y = min((n["pos"][1] for n in out), default=0)
-    for n in sorted(notes, key=lambda n: (n["pos"][1], n["pos"][0])):   # notes stacked above the graph
-        n["pos"] = [x0, y + TITLE_H]
-        y += TITLE_H + n["size"][1] + ROW_GAP
+    nx, row_h = x0, 0   # notes side by side above the graph, in the order the workflow adds them
+    for n in notes:
+        n["pos"] = [nx, y + TITLE_H]
+        nx += n["size"][0] + COL_GAP
+        row_h = max(row_h, TITLE_H + n["size"][1] + ROW_GAP)
+    y += row_h
     columns: dict[float, list[dict]] = {}
     for n in graph:
         columns.setdefault(n["pos"][0], []).append(n)
