@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kv_store import KVStoreError, Replay, encode, entry_key, entry_parts, norm_key, use_rank
+from .kv_store import KVStore, KVStoreError, Replay, encode, entry_key, entry_parts, norm_key, use_rank
 
 PARTIAL = ".partial"
 HEADER_ROOM = 4096  # spare header bytes, so the final metadata never moves the data
@@ -581,6 +581,16 @@ class DiskKVStore(Replay):
     def release(self) -> None:
         super().release()
         self.stop()
+
+    def converted(self, storage: str | None = None, device=None) -> KVStore:
+        """The keys/values read into memory (on ``device``), in another type if asked."""
+        self.rf.check_unchanged()
+        mem = KVStore(storage=self.storage, device=device if device is not None else "cpu")
+        for key in sorted(self.entries, key=use_rank):
+            mem.entries[key] = {p: t.to(mem.device) for p, t in self.rf.read_entry(key, self.entries[key]).items()}
+        mem._orders_changed()
+        mem.peak_bytes = mem.nbytes()
+        return mem if storage in (None, self.storage) else mem.converted(storage)
 
     def begin(self) -> None:
         """Before an edit: the file is still there and unchanged."""

@@ -18,7 +18,7 @@ import comfy.samplers
 import comfy.utils
 
 from ...kernels.kv_attention import euler, keep_background
-from ...kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
+from ...kernels.kv_record import BackgroundRecord, DiskRecordSink, mask_digest, sigmas_digest
 from ...kernels.kv_store import KVStore
 from ...kernels.token_mask import TokenMasks
 from ..flux_tokens import TokenController, TokenPlan, VelocityProbe
@@ -95,14 +95,25 @@ class InvertResult:
 @torch.no_grad()
 def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: torch.Tensor,
            storage: str = "bf16", cache_device="cpu", mask_guided: bool = False, record_from: int = 0,
-           progress: comfy.utils.ProgressBar | None = None) -> InvertResult:
+           progress: comfy.utils.ProgressBar | None = None, record_path: str | None = None,
+           depth: int = 4, base: BackgroundRecord | None = None) -> InvertResult:
     """Euler inversion from the source latent to ``s_0`` recording background keys/values
-    of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``)."""
-    geo = flux_geometry(model)
-    n = int(sigmas.numel()) - 1
+    of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``).
+
+    With ``record_path`` the keys/values go to that file as they are recorded (at most
+    ``depth`` entries queued) and the returned record streams from it. ``base`` is the
+    :func:`empty_record` of these inputs when the caller already made it."""
+    if base is None:
+        base = empty_record(model, latent, masks, sigmas, storage, cache_device, mask_guided)
+    n = base.steps
     flat = masks.flat[0]
     bg_idx = (~flat).nonzero().flatten()
-    store = KVStore(storage=storage, device=cache_device)
+    sink = None
+    if record_path is not None:
+        steps = list(range(record_from, n)) if bg_idx.numel() else []
+        sink = DiskRecordSink(record_path, base, steps, depth=depth).open()
+    put = sink.put if sink is not None else base.store.put
+    geo = flux_geometry(model)
     controller = TokenController(geo["n_single"], "flux")
     probe = VelocityProbe()
     traj: list[torch.Tensor | None] = [None] * (n + 1)
@@ -118,7 +129,7 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
             step = i
 
             def record(block, k, v, step=step):
-                store.put(step, block, k, v)
+                put(step, block, k, v)
 
             rec_now = bool(bg_idx.numel()) and i >= record_from
             controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if rec_now else None,
@@ -127,24 +138,44 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
             model_wrap(traj[i + 1].to(x0.dtype), sig[i + 1] * s_in, **extra_args)
             v = probe.take()
             traj[i] = euler(traj[i + 1], v, float(sig[i + 1]), float(sig[i]))
+            traj[i + 1] = traj[i + 1].cpu()
             controller.plan = None
             if progress is not None:
                 progress.update(1)
         return traj[0].to(x0.dtype)
 
     guider = _guider(model, positive)
-    inverted = guider.sample(torch.zeros_like(latent), latent, LoopSampler(loop), sigmas.to(latent.device),
-                             seed=0, disable_pbar=True)
-    trajectory = torch.stack([t.cpu() for t in traj])
+    try:
+        inverted = guider.sample(torch.zeros_like(latent), latent, LoopSampler(loop), sigmas.to(latent.device),
+                                 seed=0, disable_pbar=True)
+        trajectory = torch.stack([t.cpu() for t in traj])
+        if sink is not None:
+            record = sink.finish(trajectory, depth=depth)
+        else:
+            base.trajectory = trajectory
+            record = base
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    return InvertResult(record, inverted.cpu())
+
+
+def empty_record(model, latent: torch.Tensor, masks: TokenMasks, sigmas: torch.Tensor, storage: str = "bf16",
+                 cache_device="cpu", mask_guided: bool = False) -> BackgroundRecord:
+    """The record an inversion will fill: fingerprint, masks, key/value shape; no entries yet
+    (the trajectory is zero until the inversion sets it)."""
+    geo = flux_geometry(model)
+    n = int(sigmas.numel()) - 1
+    bg = int((~masks.flat[0]).sum())
     fingerprint = {"model": model_fingerprint(model), "latent_shape": list(latent.shape),
                    "mask": mask_digest(masks.latent), "steps": n, "sigmas": sigmas_digest(sigmas)}
-    kv_shape = (1, geo["heads"], int(bg_idx.numel()), geo["head_dim"])
-    record = BackgroundRecord(store=store, trajectory=trajectory, source_latent=latent.clone().cpu(),
-                              latent_mask=masks.latent.cpu(), token_mask=masks.tokens.cpu(),
-                              sigmas=sigmas.float().cpu(), fingerprint=fingerprint, kv_shape=kv_shape,
-                              blocks=geo["blocks"], mask_guided=mask_guided,
-                              info={"hidden": geo["hidden"], "family": "flux"})
-    return InvertResult(record, inverted.cpu())
+    return BackgroundRecord(store=KVStore(storage=storage, device=cache_device),
+                            trajectory=torch.zeros((n + 1, *latent.shape), dtype=torch.float32),
+                            source_latent=latent.clone().cpu(), latent_mask=masks.latent.cpu(),
+                            token_mask=masks.tokens.cpu(), sigmas=sigmas.float().cpu(), fingerprint=fingerprint,
+                            kv_shape=(1, geo["heads"], bg, geo["head_dim"]), blocks=geo["blocks"],
+                            mask_guided=mask_guided, info={"hidden": geo["hidden"], "family": "flux"})
 
 
 def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, reinit: bool = False,
@@ -175,11 +206,20 @@ def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, r
             sk = float(s[skip])
             fresh = sk * noise.to(device).float() + (1 - sk) * traj[skip]
             x = keep_background(fresh, x, m)
-        s_in = x.new_ones(x.shape[0])
 
         def cached(block, dev, dt, step):
             return record.store.get(step, block, dev, dt)
 
+        begin = getattr(record.store, "begin", None)
+        if begin is not None:
+            begin()  # a streamed record: its file is still there, unchanged
+        try:
+            return run(x, s, device, dtype, traj, m, controller, cached, model_wrap, extra_args, callback)
+        finally:
+            record.store.release()  # copies in flight and the disk reader
+
+    def run(x, s, device, dtype, traj, m, controller, cached, model_wrap, extra_args, callback):
+        s_in = x.new_ones(x.shape[0])
         for i in range(skip, n):
             _interrupted()
             if authors_mode:

@@ -11,18 +11,20 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ...kernels.kv_disk import DiskRecordError
 from ...kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
 from ...kernels.kv_store import STORAGE_TYPES
 from ...kernels.surgery import inner_feather
 from ...kernels.token_mask import RESIZE_MODES, MaskError, build_token_masks
 from . import engine as ke
+from . import place as kp
 from ..common import CATEGORY, NodeInputError, note
 from ..families import FLUX, detect_family
 
 BackgroundKV = io.Custom("BACKGROUND_KV")
 KV_CATEGORY = f"{CATEGORY}/kv-edit"
 STORAGE_CHOICES = [k for k, v in STORAGE_TYPES.items() if v is not None]
-DEVICE_CHOICES = ["cpu", "compute device"]
+CACHE_PLACES = ["keep", "cpu", "compute device", "disk"]
 MODES = ["paper", "authors code"]
 KV_SUBFOLDER = "kv_cache"
 
@@ -75,7 +77,9 @@ def describe(record: BackgroundRecord) -> str:
     authors = 2 * blocks * hidden * 2 * record.total_tokens * record.steps
     kv = record.store.nbytes()
     ratio = f" = {kv / authors:.1%} of recording every token in bf16" if authors else ""
-    return (f"background keys/values: {_mib(kv)} ({record.store.storage}, on {record.store.device}), "
+    where = f"on disk, streamed from {record.store.path}" if record.place() == "disk" else \
+        f"on {record.store.device}"
+    return (f"background keys/values: {_mib(kv)} ({record.store.storage}, {where}), "
             f"{record.background_tokens}/{record.total_tokens} background tokens x {len(record.store.steps())} "
             f"steps x {blocks} blocks{ratio}; trajectory {_mib(record.trajectory.numel() * 4)}")
 
@@ -122,9 +126,11 @@ class KVInvert(io.ComfyNode):
                 io.Combo.Input("storage", options=STORAGE_CHOICES, default="bf16",
                                tooltip="Storage type of the keys/values: bf16 (default), fp16, fp32, or fp8 "
                                        "with a per-tensor scale (half the size of bf16)."),
-                io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
-                               tooltip="Where the record lives: CPU memory (moved block by block while "
-                                       "editing) or the compute device (fastest, uses VRAM)."),
+                io.Combo.Input("cache_device", options=kp.PLACES, default="auto",
+                               tooltip="Where the record lives: auto (CPU memory when it fits in "
+                                       "memory_limit_gb, else disk), CPU memory (moved block by block while "
+                                       "editing), the compute device (fastest, uses VRAM), or disk (written "
+                                       "while inverting, streamed block by block while editing)."),
                 io.Int.Input("record_from_step", default=0, min=0, max=199,
                              tooltip="The smallest skip_steps you will edit with: earlier steps are not "
                                      "recorded, which shrinks the record (0 = record every step)."),
@@ -132,6 +138,12 @@ class KVInvert(io.ComfyNode):
                                tooltip="Pixel mask to latent pixels: touched (bilinear, plus every latent pixel "
                                        "a brush stroke touches) or bilinear (exactly as the authors' code, for "
                                        "comparisons with 'authors code' mode)."),
+                io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
+                               tooltip="RAM the record may use (GiB); auto puts larger records on disk. "
+                                       "0 = free RAM minus a safety margin (15% of RAM, at least 4 GiB)."),
+                io.String.Input("record_folder", default="", tooltip="Folder of records on disk; empty = "
+                                "ComfyUI's temp folder (emptied when ComfyUI starts). Needs the record's size "
+                                "free (shown on the node)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps), e.g. "
                                 "from BasicScheduler; must fall to 0."),
             ],
@@ -143,7 +155,8 @@ class KVInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, mask, conditioning, steps, mask_guided, storage, cache_device,
-                record_from_step=0, mask_resize="touched", sigmas=None) -> io.NodeOutput:
+                record_from_step=0, mask_resize="touched", memory_limit_gb=0.0, record_folder="",
+                sigmas=None) -> io.NodeOutput:
         node = "KVInvert"
         _flux(model, node)
         x = _source(latent, node)
@@ -155,11 +168,25 @@ class KVInvert(io.ComfyNode):
         if bool(masks.tokens.all()):
             notes.append(note(node, "the mask covers every token: nothing to keep, the edit is a plain "
                                     "generation from the inverted latent"))
+        if storage not in STORAGE_CHOICES:
+            raise NodeInputError(f"{node}: storage must be one of {STORAGE_CHOICES}, got {storage!r}")
+        base = ke.empty_record(model, x, masks, s, storage, mask_guided=mask_guided)
+        need, entry = kp.record_need(base, base.steps - record_from_step)
+        where = kp.choose(node, cache_device, need, entry, memory_limit_gb)
         pbar = comfy.utils.ProgressBar(int(s.numel()) - 1)
-        res = ke.invert(model, x, masks, conditioning, s, storage=storage,
-                        cache_device=_cache_device(cache_device), mask_guided=mask_guided,
-                        record_from=record_from_step, progress=pbar)
-        text = "\n".join([describe(res.record)] + notes)
+        path = None
+        if where.place == "disk":
+            path = kp.new_record_path(kp.records_folder(record_folder))
+        else:
+            base.store = ke.KVStore(storage=storage, device=_cache_device(where.place))
+        try:
+            res = ke.invert(model, x, masks, conditioning, s, storage=storage, mask_guided=mask_guided,
+                            record_from=record_from_step, progress=pbar, record_path=path, depth=where.depth,
+                            base=base)
+        except DiskRecordError as e:
+            raise NodeInputError(f"{node}: {e}. Free space there, set record_folder to a larger disk, or choose "
+                                 f"a smaller storage (int4 is about a quarter of bf16).") from None
+        text = "\n".join([describe(res.record), f"record place: {where.reason}"] + notes)
         return io.NodeOutput(res.record, {"samples": res.inverted}, ui={"text": (text,)})
 
 
@@ -207,8 +234,11 @@ class KVEditSampler(io.ComfyNode):
         _check_record(rec, node, model=model, skip=skip_steps, latent=latent, mask=mask, sigmas=sigmas)
         noise_t = noise.generate_noise({"samples": rec.source_latent}) if noise is not None else None
         pbar = comfy.utils.ProgressBar(rec.steps - skip_steps)
-        out = ke.edit(model, rec, conditioning, skip_steps, seed=seed, attn_scale=attn_scale, reinit=reinit,
-                      authors_mode=(mode == "authors code"), noise=noise_t, progress=pbar)
+        try:
+            out = ke.edit(model, rec, conditioning, skip_steps, seed=seed, attn_scale=attn_scale, reinit=reinit,
+                          authors_mode=(mode == "authors code"), noise=noise_t, progress=pbar)
+        except DiskRecordError as e:
+            raise NodeInputError(f"{node}: {e}") from None
         return io.NodeOutput({"samples": out})
 
 
@@ -250,7 +280,10 @@ class KVEditCustomSampler(io.ComfyNode):
                 if problems:
                     raise NodeInputError(f"{node}: the guider's model or latent differ from the record: "
                                          + "; ".join(problems))
-            return loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
+            try:
+                return loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
+            except DiskRecordError as e:
+                raise NodeInputError(f"{node}: {e}") from None
 
         return io.NodeOutput(ke.LoopSampler(checked), rec.sigmas[skip_steps:].clone())
 
@@ -377,8 +410,9 @@ class BackgroundKVCache(io.ComfyNode):
             inputs=[BackgroundKV.Input("background_kv", tooltip="Record from KVInvert."),
                     io.Combo.Input("storage", options=["keep"] + STORAGE_CHOICES, default="keep",
                                    tooltip="Convert the keys/values to this type (keep = unchanged)."),
-                    io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
-                                   tooltip="Where the record lives while editing."),
+                    io.Combo.Input("cache_device", options=CACHE_PLACES, default="keep",
+                                   tooltip="Where the record lives while editing: keep (where it is), CPU "
+                                           "memory, the compute device, or disk (streamed)."),
                     io.Boolean.Input("save", default=False, tooltip="Write the record to the output folder "
                                      "(records are large: see the size shown on the node)."),
                     io.String.Input("filename_prefix", default="kv_edit",
@@ -388,11 +422,27 @@ class BackgroundKVCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, background_kv, storage, cache_device, save, filename_prefix) -> io.NodeOutput:
+        node = "BackgroundKVCache"
         rec = background_kv
         want = None if storage == "keep" else storage
-        device = _cache_device(cache_device)
-        if want not in (None, rec.store.storage) or device != rec.store.device:
-            rec = rec.converted(storage=want, device=device)
+        if want is not None and want not in STORAGE_CHOICES:
+            raise NodeInputError(f"{node}: storage must be keep or one of {STORAGE_CHOICES}, got {storage!r}")
+        if cache_device not in CACHE_PLACES:
+            raise NodeInputError(f"{node}: cache_device must be one of {CACHE_PLACES}, got {cache_device!r}")
+        place = rec.place() if cache_device == "keep" else cache_device
+        try:
+            if place == "disk" and (rec.place() != "disk" or want not in (None, rec.store.storage)):
+                if want not in (None, rec.store.storage):
+                    rec = rec.converted(storage=want, device="cpu")
+                path = kp.new_record_path(kp.records_folder(""))
+                rec.save(path)
+                rec = BackgroundRecord.load(path, stream=True)
+            elif place != "disk":
+                device = _cache_device(place)
+                if want not in (None, rec.store.storage) or rec.place() == "disk" or device != rec.store.device:
+                    rec = rec.converted(storage=want, device=device)
+        except (DiskRecordError, RecordError) as e:
+            raise NodeInputError(f"{node}: {e}") from None
         lines = [describe(rec)]
         if save:
             out_dir = os.path.join(folder_paths.get_output_directory(), KV_SUBFOLDER)
@@ -402,7 +452,14 @@ class BackgroundKVCache(io.ComfyNode):
             while os.path.exists(os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")):
                 i += 1
             path = os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")
-            rec.save(path)
+            try:
+                if rec.place() == "disk":
+                    rec.store.begin()
+                    kp.copy_record(rec.store.path, path)
+                else:
+                    rec.save(path)
+            except (DiskRecordError, RecordError, OSError) as e:
+                raise NodeInputError(f"{node}: cannot save the record: {e}") from None
             lines.append(f"saved {KV_SUBFOLDER}/{os.path.basename(path)} ({_mib(os.path.getsize(path))})")
         return io.NodeOutput(rec, ui={"text": ("\n".join(lines),)})
 
@@ -418,8 +475,10 @@ class LoadBackgroundKV(io.ComfyNode):
             inputs=[io.Combo.Input("file", options=_kv_files(), tooltip="A record in the input folder."),
                     io.Combo.Input("storage", options=["keep"] + STORAGE_CHOICES, default="keep",
                                    tooltip="Convert the keys/values to this type after loading."),
-                    io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
-                                   tooltip="Where the record lives while editing.")],
+                    io.Combo.Input("cache_device", options=kp.PLACES, default="auto",
+                                   tooltip="Where the record lives while editing: auto (CPU memory when it "
+                                           "fits in free RAM minus a safety margin, else streamed from the file), "
+                                           "CPU memory, the compute device, or disk (streamed from the file).")],
             outputs=[BackgroundKV.Output("background_kv", tooltip="The loaded record.")],
         )
 
@@ -430,12 +489,25 @@ class LoadBackgroundKV(io.ComfyNode):
         path = os.path.realpath(os.path.join(root, file))
         if not path.startswith(root + os.sep) or not os.path.isfile(path):
             raise NodeInputError(f"{node}: no record named {file!r} in the input folder")
+        want = None if storage == "keep" else storage
+        if want is not None and want not in STORAGE_CHOICES:
+            raise NodeInputError(f"{node}: storage must be keep or one of {STORAGE_CHOICES}, got {storage!r}")
         try:
-            rec = BackgroundRecord.load(path, device=_cache_device(cache_device),
-                                        storage=None if storage == "keep" else storage)
-        except RecordError as e:
+            rec = BackgroundRecord.load(path, stream=True)
+            need, entry = rec.nbytes(), rec.store.entry_bytes()
+            where = kp.choose(node, cache_device, need, entry, 0.0)
+            if where.place != "disk" or want not in (None, rec.store.storage):
+                mem = rec.converted(storage=want, device=_cache_device("cpu" if where.place == "disk" else
+                                                                        where.place))
+                rec.store.rf.close()
+                rec = mem
+                if where.place == "disk":  # another storage type: a converted copy, streamed
+                    copy = kp.new_record_path(kp.records_folder(""))
+                    rec.save(copy)
+                    rec = BackgroundRecord.load(copy, stream=True)
+        except (RecordError, DiskRecordError) as e:
             raise NodeInputError(f"{node}: {e}") from None
-        return io.NodeOutput(rec, ui={"text": (describe(rec),)})
+        return io.NodeOutput(rec, ui={"text": (describe(rec) + f"\nrecord place: {where.reason}",)})
 
     @classmethod
     def fingerprint_inputs(cls, file, storage, cache_device):
