@@ -515,8 +515,8 @@ class DiskKVStore(Replay):
 
     def _transfer(self, device):
         t = super()._transfer(device)
-        if t is not None:
-            self.pin = True
+        if t is not None and device.type == "cuda":
+            self.pin = True  # page-locked buffers, so the side stream's copies run asynchronously
         return t
 
     # -- reader thread

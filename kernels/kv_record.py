@@ -137,6 +137,8 @@ class BackgroundRecord:
                 parts = self.store.host_parts(key)
                 start, end, names = layout.entries[key]
                 buf = torch.cat([parts[p].contiguous().cpu().reshape(-1).view(torch.uint8) for p, _ in names])
+                if buf.numel() != end - start:
+                    raise RecordError(f"keys/values of step {key[0]} do not fit the record's shape {self.kv_shape}")
                 writer._push((entry_name(key), start, buf))
             for n, t in small.items():
                 writer.put_tensor(n, t)

@@ -217,8 +217,9 @@ class Replay:
         order = self.use_order()
         pos = self._use_order[1][key]
         mine = pending.pop(key, None)
-        for other in list(pending):  # stale copies: already passed, or for another device/type
-            if self._use_order[1].get(other, -1) <= pos or pending[other][0] != (device, dtype):
+        for other in list(pending):  # stale: passed, beyond the window (the edit jumped), other device/type
+            at = self._use_order[1].get(other, -1)
+            if not pos < at <= pos + self.prefetch_depth or pending[other][0] != (device, dtype):
                 old = pending.pop(other)
                 old[2].discard(other, old[1])
         if mine is not None and mine[0] == (device, dtype):
