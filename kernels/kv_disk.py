@@ -74,6 +74,10 @@ class Layout:
     entries: dict      # key -> (start, end, [(part, name)])
     data_bytes: int
 
+    @property
+    def max_entry(self) -> int:
+        return max((b - a for a, b, _ in self.entries.values()), default=0)
+
     @classmethod
     def build(cls, small: list, storage: str, kv_shape, keys) -> "Layout":
         tensors, entries, off = {}, {}, 0
@@ -191,6 +195,8 @@ class RecordWriter:
         self.written = set()
         self.error: BaseException | None = None
         self._queue: deque = deque()
+        self._pool: list = []
+        self._made = 0
         self._cv = threading.Condition()
         self.depth = max(1, int(depth))
         self._closed = False
@@ -223,18 +229,40 @@ class RecordWriter:
             raise DiskRecordError(f"step {step}, {block[0]} block {block[1]} is not in the record's layout")
         parts = encode(k, v, storage)
         start, end, names = self.layout.entries[key]
-        flat = [parts[p].contiguous().reshape(-1).view(torch.uint8) for p, _ in names]
-        buf = torch.cat(flat).cpu() if len(flat) > 1 else flat[0].cpu()
-        if buf.numel() != end - start:
+        buf = self._buffer(end - start, pin=k.is_cuda)
+        off = 0
+        for p, _ in names:
+            flat = parts[p].contiguous().reshape(-1).view(torch.uint8)
+            buf[off:off + flat.numel()].copy_(flat)
+            off += flat.numel()
+        if off != end - start:
+            self._pool.append(buf)
             raise DiskRecordError(f"keys/values of {entry_key(*key)} do not fit the record's layout")
-        self._push((entry_name(key), start, buf))
+        self._push((entry_name(key), start, buf[:off], buf))
+
+    def _buffer(self, nbytes: int, pin: bool) -> torch.Tensor:
+        """One of ``depth`` reused staging buffers (no allocation per entry, so the heap does
+        not fragment while the inversion runs)."""
+        with self._cv:
+            while not self._pool and self._made >= self.depth and self.error is None:
+                self._cv.wait()
+            if self.error is not None:
+                raise self.error
+            if self._pool:
+                buf = self._pool.pop()
+                if buf.numel() >= nbytes:
+                    return buf
+                self._made -= 1
+            self._made += 1
+        size = max(nbytes, self.layout.max_entry)
+        return torch.empty(size, dtype=torch.uint8, pin_memory=pin and torch.cuda.is_available())
 
     def put_tensor(self, name: str, t: torch.Tensor) -> None:
         dtype, shape, a, b = self.layout.tensors[name]
         if t.dtype != dtype or tuple(t.shape) != tuple(shape):
             raise DiskRecordError(f"tensor {name} is {t.dtype} {tuple(t.shape)}, the layout says "
                                   f"{dtype} {tuple(shape)}")
-        self._push((name, a, t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)))
+        self._push((name, a, t.detach().contiguous().cpu().reshape(-1).view(torch.uint8), None))
 
     # -- writer thread
     def _run(self) -> None:
@@ -244,7 +272,7 @@ class RecordWriter:
                     self._cv.wait()
                 if not self._queue and self._closed:
                     return
-                name, off, buf = self._queue[0]
+                name, off, buf, pooled = self._queue[0]
             try:
                 mv = memoryview(buf.numpy())
                 pos = 8 + self.header_len + off
@@ -262,6 +290,8 @@ class RecordWriter:
                 return
             with self._cv:
                 self._queue.popleft()
+                if pooled is not None:
+                    self._pool.append(pooled)
                 self._cv.notify_all()
 
     def _drain(self) -> None:
@@ -415,15 +445,18 @@ class RecordFile:
         self._verify(name, buf)
         return buf.view(dtype).reshape(shape) if b > a else torch.empty(shape, dtype=dtype)
 
-    def read_entry(self, key, ranges, pin: bool = False) -> dict[str, torch.Tensor]:
-        """The parts of one entry; ``ranges`` is ``(start, end, [(part, tensor name)])``."""
+    def read_entry(self, key, ranges, pin: bool = False, buf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The parts of one entry (views of ``buf`` when given); ``ranges`` is
+        ``(start, end, [(part, tensor name)])``."""
         start, end, names = ranges
         if start is None:  # parts apart (version 1 files, no checksums)
             if self.checksums is not None:
                 raise DiskRecordError(f"the record file {os.path.basename(self.path)} changed after it was "
                                       f"written (its layout was rewritten); invert again")
             return {part: self.read_tensor(name) for part, name in names}
-        buf = torch.empty(end - start, dtype=torch.uint8, pin_memory=pin)
+        if buf is None or buf.numel() < end - start:
+            buf = torch.empty(end - start, dtype=torch.uint8, pin_memory=pin)
+        buf = buf[:end - start]
         self._pread_into(buf, start)
         self._verify(entry_name(key), buf)
         out = {}
@@ -482,6 +515,8 @@ class DiskKVStore(Replay):
         self._plan: list = []         # keys the reader will read next
         self._generation = 0
         self._thread = None
+        self._pool: list = []     # read buffers for reuse (CPU path)
+        self._owner: dict = {}    # id(parts) -> the buffer they view
 
     @property
     def path(self) -> str:
@@ -530,7 +565,10 @@ class DiskKVStore(Replay):
                     return
                 key = self._plan.pop(0)
             try:
-                parts = self.rf.read_entry(key, self.entries[key], pin=self.pin)
+                buf = None if self.pin else self._take_buffer()
+                parts = self.rf.read_entry(key, self.entries[key], pin=self.pin, buf=buf)
+                if buf is not None:
+                    self._owner[id(parts)] = buf
             except BaseException as e:  # noqa: BLE001 - handed to the reader of this entry
                 parts = e
             with self._lock:
@@ -571,11 +609,34 @@ class DiskKVStore(Replay):
         self.bytes_read += sum(t.numel() * t.element_size() for t in parts.values())
         return parts
 
+    def _take_buffer(self) -> torch.Tensor:
+        with self._lock:
+            if self._pool:
+                return self._pool.pop()
+        return torch.empty(self.entry_bytes(), dtype=torch.uint8)
+
+    def after_decode(self, parts, k, v):
+        """Reuse the entry's read buffer (no allocation per block, so the heap does not
+        fragment during an edit); keys/values that are views of it are copied first."""
+        buf = self._owner.pop(id(parts), None)
+        if buf is None:
+            return k, v
+        ptr = buf.untyped_storage().data_ptr()
+        if k.untyped_storage().data_ptr() == ptr:
+            k = k.clone()
+        if v.untyped_storage().data_ptr() == ptr:
+            v = v.clone()
+        with self._lock:
+            if len(self._pool) <= self.depth + 1:
+                self._pool.append(buf)
+        return k, v
+
     def stop(self) -> None:
         with self._lock:
             self._generation += 1
             self._ready.clear()
             self._plan = []
+            self._owner.clear()
             self._lock.notify_all()
 
     def release(self) -> None:

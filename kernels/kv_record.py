@@ -139,7 +139,7 @@ class BackgroundRecord:
                 buf = torch.cat([parts[p].contiguous().cpu().reshape(-1).view(torch.uint8) for p, _ in names])
                 if buf.numel() != end - start:
                     raise RecordError(f"keys/values of step {key[0]} do not fit the record's shape {self.kv_shape}")
-                writer._push((entry_name(key), start, buf))
+                writer._push((entry_name(key), start, buf, None))
             for n, t in small.items():
                 writer.put_tensor(n, t)
         except BaseException:

@@ -212,7 +212,8 @@ class Replay:
         device = torch.device(device)
         transfer = self._transfer(device)
         if transfer is None:
-            return decode(self.host_parts(key), self.storage, dtype, device)
+            parts = self.host_parts(key)
+            return self.after_decode(parts, *decode(parts, self.storage, dtype, device))
         pending = self._replay_state()
         order = self.use_order()
         pos = self._use_order[1][key]
@@ -233,6 +234,10 @@ class Replay:
                 handle = transfer.start(nxt, lambda nxt=nxt: decode(self.host_parts(nxt), self.storage, dtype,
                                                                    device, non_blocking=True))
                 pending[nxt] = ((device, dtype), handle, transfer)
+        return k, v
+
+    def after_decode(self, parts, k, v):
+        """Hook for stores that reuse the host buffers of ``parts``."""
         return k, v
 
     def release(self) -> None:
