@@ -227,9 +227,13 @@ class RecordWriter:
         key = norm_key(step, block)
         if key not in self.layout.entries:
             raise DiskRecordError(f"step {step}, {block[0]} block {block[1]} is not in the record's layout")
-        parts = encode(k, v, storage)
+        self.put_parts(key, encode(k, v, storage))
+
+    def put_parts(self, key, parts: dict[str, torch.Tensor]) -> None:
+        """Queue one entry already encoded (:func:`~.kv_store.encode`)."""
+        key = norm_key(*key)
         start, end, names = self.layout.entries[key]
-        buf = self._buffer(end - start, pin=k.is_cuda)
+        buf = self._buffer(end - start, pin=parts["k"].is_cuda)
         off = 0
         for p, _ in names:
             flat = parts[p].contiguous().reshape(-1).view(torch.uint8)
