@@ -63,6 +63,7 @@ class BackgroundRecord:
     blocks: list = field(default_factory=list)
     mask_guided: bool = False
     info: dict = field(default_factory=dict)
+    all_tokens: bool = False      # keys/values of every image token (any mask can be painted later)
 
     @property
     def steps(self) -> int:
@@ -75,6 +76,12 @@ class BackgroundRecord:
     @property
     def total_tokens(self) -> int:
         return int(self.token_mask[0].numel())
+
+    @property
+    def recorded_tokens(self) -> torch.Tensor:
+        """Image-token indices whose keys/values the store holds, ascending (store order)."""
+        flat = self.token_mask.reshape(self.token_mask.shape[0], -1)[0]
+        return torch.arange(flat.numel()) if self.all_tokens else (~flat).nonzero().flatten()
 
     def nbytes(self) -> int:
         return self.store.nbytes() + self.trajectory.numel() * self.trajectory.element_size()
@@ -106,13 +113,15 @@ class BackgroundRecord:
             store=self.store.converted(storage, device), trajectory=self.trajectory,
             source_latent=self.source_latent, latent_mask=self.latent_mask, token_mask=self.token_mask,
             sigmas=self.sigmas, fingerprint=dict(self.fingerprint), kv_shape=self.kv_shape,
-            blocks=list(self.blocks), mask_guided=self.mask_guided, info=dict(self.info))
+            blocks=list(self.blocks), mask_guided=self.mask_guided, info=dict(self.info),
+            all_tokens=self.all_tokens)
 
     # -- files -----------------------------------------------------------------------------
     def header(self) -> dict:
         return {"storage": self.store.storage, "steps": self.store.steps(),
                 "blocks": [list(b) for b in self.blocks], "kv_shape": list(self.kv_shape),
                 "fingerprint": self.fingerprint, "mask_guided": self.mask_guided, "info": self.info,
+                "all_tokens": self.all_tokens,
                 "trajectory_shape": list(self.trajectory.shape),
                 "source_shape": list(self.source_latent.shape),
                 "source_dtype": str(self.source_latent.dtype).replace("torch.", "")}
@@ -259,9 +268,11 @@ class BackgroundRecord:
         if mask_digest(lmask) != fp["mask"] or sigmas_digest(sigmas) != fp["sigmas"]:
             raise RecordError("the masks or sigmas do not match the record's fingerprint (file altered?)")
         kv_shape = [int(d) for d in header["kv_shape"]]
-        n_bg = int((~tmask.reshape(B, -1)).sum(dim=1)[0])
+        all_tokens = bool(header.get("all_tokens", False))
+        n_bg = th * tw if all_tokens else int((~tmask.reshape(B, -1)).sum(dim=1)[0])
         if len(kv_shape) != 4 or kv_shape[2] != n_bg:
-            raise RecordError(f"key/value shape {kv_shape} does not fit {n_bg} background tokens")
+            raise RecordError(f"key/value shape {kv_shape} does not fit {n_bg} "
+                              f"{'image' if all_tokens else 'background'} tokens")
         blocks = [(str(b[0]), int(b[1])) for b in header["blocks"]]
         steps = [int(s) for s in header["steps"]]
         if any(s < 0 or s >= n for s in steps):
@@ -269,7 +280,8 @@ class BackgroundRecord:
         store = make_store(stored, kv_shape, steps, blocks)
         return cls(store=store, trajectory=traj, source_latent=source, latent_mask=lmask, token_mask=tmask,
                    sigmas=sigmas, fingerprint=fp, kv_shape=tuple(kv_shape), blocks=blocks,
-                   mask_guided=bool(header.get("mask_guided", False)), info=dict(header.get("info", {})))
+                   mask_guided=bool(header.get("mask_guided", False)), info=dict(header.get("info", {})),
+                   all_tokens=all_tokens)
 
 
 class DiskRecordSink:
