@@ -44,6 +44,12 @@ def test_quantized_round_trip_within_the_stated_bound(bits, group):
     assert ((v2 - v).abs() <= bv * (1 + 1e-5) + 1e-6).all()
     # the bound is tight: codes use the whole range, the error reaches a good share of it
     assert (k2 - k).abs().max() > 0.3 * bk.max()
+    # the stored (minimum, scale) of every group covers the group's range: no code is clamped
+    g = min(group, 16)
+    vg = v.reshape(1, 2, 37, 16 // g, g)
+    qmax = (1 << bits) - 1
+    assert (mv.float() <= vg.amin(-1)).all()
+    assert (mv.float() + qmax * sv.float() >= vg.amax(-1)).all()
 
 
 def test_keys_are_grouped_per_channel_values_per_token():
