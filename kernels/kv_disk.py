@@ -408,10 +408,24 @@ class RecordFile:
             os.close(self.fd)
             raise
 
+    delete_on_close = False  # a scratch record (ComfyUI's temp folder): removed when no longer used
+
     def close(self) -> None:
-        if self.fd is not None:
+        if getattr(self, "fd", None) is not None:
             os.close(self.fd)
             self.fd = None
+        if self.delete_on_close:
+            self.delete_on_close = False
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def check_unchanged(self) -> None:
         """The path still names the file that was opened, with the same size and time."""

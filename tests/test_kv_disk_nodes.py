@@ -141,3 +141,16 @@ def test_peak_memory_with_a_disk_record_does_not_grow_with_steps(tmp_path):
     assert grown > 200 * 2**20 and many["place"] == "disk"
     assert many["peak_after_inversion"] - few["peak_after_inversion"] < 0.5 * grown
     assert many["peak"] - few["peak"] < 0.5 * grown
+
+
+def test_scratch_records_in_the_temp_folder_are_removed_when_dropped(flux, tmp_path):
+    import gc
+
+    scratch, text = invert(flux, "disk")  # default folder: ComfyUI's temp folder
+    kept, _ = invert(flux, "disk", tmp_path / "mine")
+    path = Path(scratch.store.path)
+    assert path.parent == tmp_path / "temp" / "kv_records" and path.exists()
+    del scratch
+    gc.collect()
+    assert not path.exists()
+    assert Path(kept.store.path).exists()  # a folder the user chose keeps its records

@@ -186,6 +186,8 @@ class KVInvert(io.ComfyNode):
         except DiskRecordError as e:
             raise NodeInputError(f"{node}: {e}. Free space there, set record_folder to a larger disk, or choose "
                                  f"a smaller storage (int4 is about a quarter of bf16).") from None
+        if path is not None and not record_folder.strip():
+            res.record.store.rf.delete_on_close = True  # scratch file: gone once ComfyUI drops the record
         text = "\n".join([describe(res.record), f"record place: {where.reason}"] + notes)
         return io.NodeOutput(res.record, {"samples": res.inverted}, ui={"text": (text,)})
 
@@ -437,6 +439,7 @@ class BackgroundKVCache(io.ComfyNode):
                 path = kp.new_record_path(kp.records_folder(""))
                 rec.save(path)
                 rec = BackgroundRecord.load(path, stream=True)
+                rec.store.rf.delete_on_close = True
             elif place != "disk":
                 device = _cache_device(place)
                 if want not in (None, rec.store.storage) or rec.place() == "disk" or device != rec.store.device:
@@ -505,6 +508,7 @@ class LoadBackgroundKV(io.ComfyNode):
                     copy = kp.new_record_path(kp.records_folder(""))
                     rec.save(copy)
                     rec = BackgroundRecord.load(copy, stream=True)
+                    rec.store.rf.delete_on_close = True
         except (RecordError, DiskRecordError) as e:
             raise NodeInputError(f"{node}: {e}") from None
         return io.NodeOutput(rec, ui={"text": (describe(rec) + f"\nrecord place: {where.reason}",)})
