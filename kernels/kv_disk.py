@@ -600,9 +600,8 @@ class DiskKVStore(Replay):
     def _restart(self, key) -> None:
         order = self.use_order()
         pos = self._use_order[1][key]
+        self.stop()
         with self._lock:
-            self._generation += 1
-            self._ready.clear()
             self._plan = list(order[pos:])
             self._lock.notify_all()
         self._thread = threading.Thread(target=self._run, args=(self._generation,), name="kv-record-reader",
@@ -656,6 +655,9 @@ class DiskKVStore(Replay):
             self._plan = []
             self._owner.clear()
             self._lock.notify_all()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # it finishes the entry it is reading, then sees the new generation
 
     def release(self) -> None:
         super().release()
