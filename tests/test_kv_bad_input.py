@@ -129,16 +129,18 @@ def test_bad_filename_prefix(record, prefix, match):
 
 def test_unknown_storage_and_device_values(flux, record, tmp_path):
     with pytest.raises(NodeInputError, match=r"^BackgroundKVCache: storage must be one of"):
-        BackgroundKVCache.execute(record, "int4", "cpu", False, "x")
+        BackgroundKVCache.execute(record, "int3", "cpu", False, "x")
     with pytest.raises(NodeInputError, match=r"^BackgroundKVCache: cache_device must be one of"):
         BackgroundKVCache.execute(record, "keep", "tpu", False, "x")
     BackgroundKVCache.execute(record, "keep", "cpu", True, "ok")
     saved = next((tmp_path / "output" / "kv_cache").glob("ok_*"))
     (tmp_path / "input" / saved.name).write_bytes(saved.read_bytes())
-    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: storage must be one of .*'int4'"):
-        LoadBackgroundKV.execute(saved.name, "int4", "cpu")
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: storage must be one of .*'int4', 'int2'"):
+        LoadBackgroundKV.execute(saved.name, "int3", "cpu")
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: cache_device must be one of .*'disk'"):
+        LoadBackgroundKV.execute(saved.name, "keep", "tpu")
     with pytest.raises(NodeInputError, match=r"^KVInvert: storage must be one of"):
-        invert(flux, storage="int4")
+        invert(flux, storage="int3")
     with pytest.raises(NodeInputError, match=r"^KVInvert: cache_device must be one of"):
         invert(flux, cache_device="gpu")
     with pytest.raises(NodeInputError, match=r"^KVInvert: mask_resize must be one of"):
@@ -146,7 +148,7 @@ def test_unknown_storage_and_device_values(flux, record, tmp_path):
     with pytest.raises(NodeInputError, match=r"^KVInvert: record_tokens must be one of"):
         invert(flux, record_tokens="some")
     with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: storage must be one of"):
-        KVEditInversionFree.execute(flux, latent(), mask(), cond(), cond(), 4, 1, 0, 1.0, "int4")
+        KVEditInversionFree.execute(flux, latent(), mask(), cond(), cond(), 4, 1, 0, 1.0, "int3")
 
 
 def test_unknown_mode_is_refused(flux, record):
