@@ -102,6 +102,27 @@ def test_record_with_nan_trajectory_is_refused(flux, record, tmp_path):
         LoadBackgroundKV.execute(saved.name, "keep", "cpu")
 
 
+def test_saved_record_with_nan_keys_values(record, tmp_path):
+    """In memory: every entry is checked when loaded. Streamed (disk): entries are not scanned at
+    load (that would read the whole file); each block's CRC-32 is verified when the edit reads it."""
+    from precise_edit.kernels.kv_record import BackgroundRecord, RecordError
+    bad = record.converted()
+    key = sorted(bad.store.entries)[1]
+    k = bad.store.entries[key]["k"].clone()
+    k.view(-1)[5] = float("nan")
+    bad.store.entries[key] = dict(bad.store.entries[key], k=k)
+    BackgroundKVCache.execute(bad, "keep", "cpu", True, "nankv")
+    saved = next((tmp_path / "output" / "kv_cache").glob("nankv_*"))
+    (tmp_path / "input" / saved.name).write_bytes(saved.read_bytes())
+    with pytest.raises(RecordError, match=rf"keys/values \(step {key[0]}, .* holds NaN"):
+        BackgroundRecord.load(str(saved))
+    with pytest.raises(NodeInputError, match=rf"^LoadBackgroundKV: {saved.name}'s keys/values \(step {key[0]},"):
+        LoadBackgroundKV.execute(saved.name, "keep", "cpu")
+    streamed = LoadBackgroundKV.execute(saved.name, "keep", "disk")
+    assert "record place" in streamed.ui["text"][0]
+    streamed.result[0].store.stop()
+
+
 # -- 17: messages name the node --------------------------------------------------------------
 
 def test_record_whose_tensors_do_not_fit_the_model(flux):
