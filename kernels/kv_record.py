@@ -1,13 +1,18 @@
 """A KV-Edit background record: the data KVInvert produces and KVEditSampler consumes,
 and its safetensors file format.
 
-File layout (safetensors, never pickle): tensors ``trajectory`` (float32
+A record's keys/values live in memory (:class:`~.kv_store.KVStore`, CPU or compute device)
+or stay in their file and stream from it (:class:`~.kv_disk.DiskKVStore`);
+:class:`DiskRecordSink` writes a record to disk while the inversion runs.
+
+File layout (safetensors, never pickle; written by :mod:`.kv_disk`): tensors ``trajectory`` (float32
 ``[N+1, B, C, h, w]``, model space, index ``i`` at sigma ``s_i``), ``source_latent``
 (the user's latent, bit-exact), ``latent_mask`` / ``token_mask`` (uint8), ``sigmas``
 (float32 ``[N+1]``) and the key/value entries of :class:`~.kv_store.KVStore`
 (``kv.k.<step>.<block type>.<block index>``...). The metadata holds ``format``,
 ``version`` and a JSON ``header`` with the storage type, recorded steps and blocks, the
-key/value shape and the fingerprint (model, latent size, mask, steps, sigmas).
+key/value shape and the fingerprint (model, latent size, mask, steps, sigmas); version 2 adds
+``complete`` and per-entry CRC-32 ``checksums`` (version 1 files, written whole, still load).
 
 Loading checks every tensor's presence, shape and type against the header before
 anything is used, and reports the first problem in plain words.
@@ -21,15 +26,26 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kv_disk import (DiskKVStore, DiskRecordError, Layout, RecordFile, RecordWriter, entry_name, entry_ranges,
+                      record_bytes)
 from .kv_store import KVStore, KVStoreError, STORAGE_TYPES
 
 FORMAT = "comfyui-precise-edit/background-kv"
-VERSION = "1"
+VERSION = "2"
+READABLE = ("1", "2")
 FILE_SUFFIX = ".bgkv.safetensors"
 
 
 class RecordError(ValueError):
     pass
+
+
+def _check_finite(tensors: dict, what: str) -> None:
+    """``what`` names the tensors (``{name}`` is replaced by each tensor's name)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t.float() if t.element_size() == 1 else t).all()):
+            raise RecordError(f"{what.format(name=name)} holds NaN or infinite values; the file is damaged, "
+                              f"invert again")
 
 
 def mask_digest(latent_mask: torch.Tensor) -> str:
@@ -118,51 +134,121 @@ class BackgroundRecord:
                 "source_shape": list(self.source_latent.shape),
                 "source_dtype": str(self.source_latent.dtype).replace("torch.", "")}
 
+    def small_tensors(self) -> dict[str, torch.Tensor]:
+        return {"trajectory": self.trajectory.float().contiguous().cpu(),
+                "source_latent": self.source_latent.contiguous().cpu(),
+                "latent_mask": self.latent_mask.to(torch.uint8).contiguous().cpu(),
+                "token_mask": self.token_mask.to(torch.uint8).contiguous().cpu(),
+                "sigmas": self.sigmas.float().contiguous().cpu()}
+
     def save(self, path: str) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {
-            "trajectory": self.trajectory.float().contiguous().cpu(),
-            "source_latent": self.source_latent.contiguous().cpu(),
-            "latent_mask": self.latent_mask.to(torch.uint8).contiguous().cpu(),
-            "token_mask": self.token_mask.to(torch.uint8).contiguous().cpu(),
-            "sigmas": self.sigmas.float().contiguous().cpu(),
-            **self.store.to_tensors(),
-        }
-        tmp = path + ".partial"
-        save_file(tensors, tmp, metadata={"format": FORMAT, "version": VERSION,
-                                          "header": json.dumps(self.header())})
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str, device="cpu", storage: str | None = None) -> "BackgroundRecord":
-        from safetensors import safe_open
-
+        """Write the record (streamed records are copied entry by entry)."""
+        small = self.small_tensors()
+        keys = list(self.store.keys())
+        layout = Layout.build([(n, t.dtype, tuple(t.shape)) for n, t in small.items()], self.store.storage,
+                              self.kv_shape, keys)
+        writer = RecordWriter(path, layout, {"format": FORMAT, "version": VERSION,
+                                             "header": json.dumps(self.header())})
         try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise RecordError("this safetensors file is not a background key/value record "
-                                      "(saved by BackgroundKVCache)")
-                if meta.get("version") != VERSION:
-                    raise RecordError(f"record format version {meta.get('version')!r} is not supported "
-                                      f"(expected {VERSION})")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except RecordError:
+            for key in self.store.use_order() if keys else []:
+                parts = self.store.host_parts(key)
+                start, end, names = layout.entries[key]
+                buf = torch.cat([parts[p].contiguous().cpu().reshape(-1).view(torch.uint8) for p, _ in names])
+                if buf.numel() != end - start:
+                    raise RecordError(f"keys/values of step {key[0]} do not fit the record's shape {self.kv_shape}")
+                writer._push((entry_name(key), start, buf, None))
+            for n, t in small.items():
+                writer.put_tensor(n, t)
+        except BaseException:
+            writer.abort()
             raise
-        except Exception as e:  # safetensors raises its own types for truncated/non-safetensors files
-            raise RecordError(f"cannot read {os.path.basename(path)} as a safetensors record "
-                              f"({type(e).__name__}: {e}); it may be truncated or another kind of file") from None
-        try:
-            header = json.loads(meta["header"])
-            return cls._from_parts(header, tensors, device, storage)
-        except (KeyError, TypeError, ValueError, KVStoreError) as e:
-            if isinstance(e, RecordError):
-                raise
-            raise RecordError(f"{os.path.basename(path)} is not a valid record: {e}") from None
+        finally:
+            if isinstance(self.store, DiskKVStore):
+                self.store.stop()
+        writer.finish()
+
+    def place(self) -> str:
+        if isinstance(self.store, DiskKVStore):
+            return "disk"
+        return "cpu" if self.store.device.type == "cpu" else "compute device"
 
     @classmethod
-    def _from_parts(cls, header: dict, tensors: dict, device, storage) -> "BackgroundRecord":
+    def load(cls, path: str, device="cpu", storage: str | None = None, stream: bool = False,
+             depth: int = 4) -> "BackgroundRecord":
+        """Open a record file; ``stream`` keeps the keys/values in the file (read block by block
+        while editing), otherwise they are read into memory on ``device``."""
+        name = os.path.basename(path)
+        try:
+            rf = RecordFile(path)
+        except DiskRecordError as e:
+            raise RecordError(str(e)) from None
+        keep = False
+        try:
+            meta = rf.metadata
+            if meta.get("format") != FORMAT:
+                raise RecordError("this safetensors file is not a background key/value record "
+                                  "(saved by BackgroundKVCache)")
+            if meta.get("version") not in READABLE:
+                raise RecordError(f"record format version {meta.get('version')!r} is not supported "
+                                  f"(expected one of {list(READABLE)})")
+            if meta.get("version") != "1" and (meta.get("complete") != "1" or rf.checksums is None):
+                raise RecordError(f"{name} was not finished (the inversion writing it was interrupted); "
+                                  f"invert again")
+            try:
+                header = json.loads(meta["header"])
+                rec = cls._from_file(header, rf, device, stream, depth)
+            except RecordError:
+                raise
+            except DiskRecordError as e:
+                raise RecordError(str(e)) from None
+            except (KeyError, TypeError, ValueError, KVStoreError) as e:
+                raise RecordError(f"{name} is not a valid record: {e}") from None
+            keep = stream
+        finally:
+            if not keep:
+                rf.close()
+        if storage and storage != rec.store.storage:
+            rec = rec.converted(storage=storage, device=device)
+        return rec
+
+    @classmethod
+    def _from_file(cls, header: dict, rf: RecordFile, device, stream: bool, depth: int) -> "BackgroundRecord":
+        known = ("trajectory", "source_latent", "latent_mask", "token_mask", "sigmas")
+        unknown = sorted(k for k in rf.tensors if k not in known and not k.startswith("kv."))
+        if unknown:
+            raise RecordError(f"unknown tensors {unknown[:5]}")
+        small = {n: rf.read_tensor(n) for n in known if n in rf.tensors}
+        # NaN/inf checks (kvfid's load check, adapted to streamed stores): the trajectory and
+        # source latent are checked here; entries read into memory are checked as they are read
+        # below; streamed entries are NOT scanned at load (that would read the whole file) -- each
+        # block is verified against its per-entry CRC-32 checksum when the edit reads it, and the
+        # record was checked finite when it was written (KVInvert refuses a non-finite inversion).
+        _check_finite({n: small[n] for n in ("trajectory", "source_latent") if n in small}, "the record's {name}")
+
+        def make_store(stored, kv_shape, steps, blocks):
+            keys = [(st, b) for st in steps for b in blocks] if kv_shape[2] > 0 else []
+            ranges = entry_ranges(rf, stored, kv_shape, keys) if keys else {}
+            expected = {n for _, _, names in ranges.values() for _, n in names}
+            extra = sorted(n for n in rf.tensors if n.startswith("kv.") and n not in expected)
+            if extra:
+                if not keys:
+                    raise RecordError("a record without background tokens holds keys/values")
+                raise KVStoreError(f"unexpected tensors in the record: {extra[:5]}")
+            if stream:
+                return DiskKVStore(rf, stored, kv_shape, ranges, depth=depth)
+            store = KVStore(storage=stored, device=device)
+            for key in ranges:
+                parts = rf.read_entry(key, ranges[key])
+                _check_finite(parts, f"the record's keys/values (step {key[0]}, {key[1][0]} block {key[1][1]})")
+                store.entries[key] = {p: t.to(store.device) for p, t in parts.items()}
+            store._orders_changed()
+            store.peak_bytes = store.nbytes()
+            return store
+
+        return cls._from_parts(header, small, make_store)
+
+    @classmethod
+    def _from_parts(cls, header: dict, tensors: dict, make_store) -> "BackgroundRecord":
         def need(name, dtype, shape=None):
             t = tensors.get(name)
             if t is None:
@@ -206,20 +292,53 @@ class BackgroundRecord:
         steps = [int(s) for s in header["steps"]]
         if any(s < 0 or s >= n for s in steps):
             raise RecordError(f"recorded steps {steps} outside 0..{n - 1}")
-        known = {"trajectory", "source_latent", "latent_mask", "token_mask", "sigmas"}
-        unknown = sorted(k for k in tensors if k not in known and not k.startswith("kv."))
-        if unknown:
-            raise RecordError(f"unknown tensors {unknown[:5]}")
-        if n_bg > 0:
-            store = KVStore.from_tensors(tensors, stored, steps, blocks, kv_shape, device=device)
-        else:
-            if any(k.startswith("kv.") for k in tensors):
-                raise RecordError("a record without background tokens holds keys/values")
-            store = KVStore(storage=stored, device=device)
-        rec = cls(store=store, trajectory=traj, source_latent=source, latent_mask=lmask, token_mask=tmask,
-                  sigmas=sigmas, fingerprint=fp, kv_shape=tuple(kv_shape), blocks=blocks,
-                  mask_guided=bool(header.get("mask_guided", False)), info=dict(header.get("info", {})),
-                  all_tokens=all_tokens)
-        if storage and storage != stored:
-            rec = rec.converted(storage=storage)
-        return rec
+        store = make_store(stored, kv_shape, steps, blocks)
+        return cls(store=store, trajectory=traj, source_latent=source, latent_mask=lmask, token_mask=tmask,
+                   sigmas=sigmas, fingerprint=fp, kv_shape=tuple(kv_shape), blocks=blocks,
+                   mask_guided=bool(header.get("mask_guided", False)), info=dict(header.get("info", {})),
+                   all_tokens=all_tokens)
+
+
+class DiskRecordSink:
+    """Where :func:`invert` puts keys/values when the record goes to disk: each entry is
+    encoded and written to its place in ``path`` as it arrives (a writer thread, at most
+    ``depth`` entries queued), so the inversion's memory does not grow with the record.
+    :meth:`finish` writes the trajectory and returns the record, streamed from the file."""
+
+    def __init__(self, path: str, record: BackgroundRecord, steps: list[int], depth: int = 4):
+        self.record, self.path = record, path
+        self.storage = record.store.storage
+        self.keys = [(int(st), b) for st in steps for b in record.blocks] if record.kv_shape[2] > 0 else []
+        small = record.small_tensors()
+        self.small = small
+        self.layout = Layout.build([(n, t.dtype, tuple(t.shape)) for n, t in small.items()], self.storage,
+                                   record.kv_shape, self.keys)
+        self.header = dict(record.header(), steps=sorted({k[0] for k in self.keys}))
+        self.meta = {"format": FORMAT, "version": VERSION, "header": json.dumps(self.header)}
+        self.writer = None
+        self.depth = depth
+
+    def nbytes(self) -> int:
+        """Size of the file."""
+        return record_bytes(self.layout, self.meta)
+
+    def open(self) -> "DiskRecordSink":
+        self.writer = RecordWriter(self.path, self.layout, self.meta, depth=self.depth)
+        return self
+
+    def put(self, step, block, k, v) -> None:
+        self.writer.put(step, block, k, v, self.storage)
+
+    def finish(self, trajectory: torch.Tensor, depth: int = 4) -> BackgroundRecord:
+        try:
+            for n, t in self.small.items():
+                self.writer.put_tensor(n, trajectory.float().contiguous().cpu() if n == "trajectory" else t)
+        except BaseException:
+            self.writer.abort()
+            raise
+        self.writer.finish()
+        return BackgroundRecord.load(self.path, stream=True, depth=depth)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()

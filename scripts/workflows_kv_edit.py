@@ -55,7 +55,7 @@ def kv_edit_flux_dev() -> Workflow:
     wf.link(img, 1, preview, "mask")
     show = wf.node("PreviewImage", (1080, -230), inputs=[("images", "IMAGE")], size=(300, 300))
     wf.link(preview, 0, show, "images")
-    inv = wf.node("KVInvert", (740, 120), widgets=[28, False, "bf16", "cpu", 0, "touched"],
+    inv = wf.node("KVInvert", (740, 120), widgets=[28, False, "bf16", "auto", 0, "touched", 0.0, ""],
                   inputs=[("model", "MODEL"), ("latent", "LATENT"), ("mask", "MASK"), ("conditioning", "CONDITIONING"),
                           ("sigmas", "SIGMAS")],
                   outputs=[("background_kv", "BACKGROUND_KV"), ("inverted", "LATENT")], size=(320, 220))
@@ -63,7 +63,7 @@ def kv_edit_flux_dev() -> Workflow:
     wf.link(enc, 0, inv, "latent")
     wf.link(img, 1, inv, "mask")
     wf.link(src, 0, inv, "conditioning")
-    cache = wf.node("BackgroundKVCache", (740, 380), widgets=["keep", "cpu", True, "kv_edit"],
+    cache = wf.node("BackgroundKVCache", (740, 380), widgets=["keep", "keep", True, "kv_edit"],
                     inputs=[("background_kv", "BACKGROUND_KV")], outputs=[("stored", "BACKGROUND_KV")],
                     size=(320, 170))
     wf.link(inv, 0, cache, "background_kv")
@@ -97,7 +97,7 @@ def kv_edit_invert_once_many_prompts() -> Workflow:
                         "The source image and mask are optional checks that the record fits.")
     unet, clip, vae = _flux_loaders(wf)
     img, enc = _source_image(wf, vae, (380, 20))
-    load = wf.node("LoadBackgroundKV", (740, 20), widgets=["kv_edit_00001.bgkv.safetensors", "keep", "cpu"],
+    load = wf.node("LoadBackgroundKV", (740, 20), widgets=["kv_edit_00001.bgkv.safetensors", "keep", "auto"],
                    outputs=[("background_kv", "BACKGROUND_KV")], size=(340, 130))
     prompts = [("a flat illustration of a corgi sitting on a wooden bench in a park", 4, 1),
                ("a flat illustration of a red fox sitting on a wooden bench in a park", 6, 2)]

@@ -102,6 +102,27 @@ def test_record_with_nan_trajectory_is_refused(flux, record, tmp_path):
         LoadBackgroundKV.execute(saved.name, "keep", "cpu")
 
 
+def test_saved_record_with_nan_keys_values(record, tmp_path):
+    """In memory: every entry is checked when loaded. Streamed (disk): entries are not scanned at
+    load (that would read the whole file); each block's CRC-32 is verified when the edit reads it."""
+    from precise_edit.kernels.kv_record import BackgroundRecord, RecordError
+    bad = record.converted()
+    key = sorted(bad.store.entries)[1]
+    k = bad.store.entries[key]["k"].clone()
+    k.view(-1)[5] = float("nan")
+    bad.store.entries[key] = dict(bad.store.entries[key], k=k)
+    BackgroundKVCache.execute(bad, "keep", "cpu", True, "nankv")
+    saved = next((tmp_path / "output" / "kv_cache").glob("nankv_*"))
+    (tmp_path / "input" / saved.name).write_bytes(saved.read_bytes())
+    with pytest.raises(RecordError, match=rf"keys/values \(step {key[0]}, .* holds NaN"):
+        BackgroundRecord.load(str(saved))
+    with pytest.raises(NodeInputError, match=rf"^LoadBackgroundKV: {saved.name}'s keys/values \(step {key[0]},"):
+        LoadBackgroundKV.execute(saved.name, "keep", "cpu")
+    streamed = LoadBackgroundKV.execute(saved.name, "keep", "disk")
+    assert "record place" in streamed.ui["text"][0]
+    streamed.result[0].store.stop()
+
+
 # -- 17: messages name the node --------------------------------------------------------------
 
 def test_record_whose_tensors_do_not_fit_the_model(flux):
@@ -129,16 +150,18 @@ def test_bad_filename_prefix(record, prefix, match):
 
 def test_unknown_storage_and_device_values(flux, record, tmp_path):
     with pytest.raises(NodeInputError, match=r"^BackgroundKVCache: storage must be one of"):
-        BackgroundKVCache.execute(record, "int4", "cpu", False, "x")
+        BackgroundKVCache.execute(record, "int3", "cpu", False, "x")
     with pytest.raises(NodeInputError, match=r"^BackgroundKVCache: cache_device must be one of"):
         BackgroundKVCache.execute(record, "keep", "tpu", False, "x")
     BackgroundKVCache.execute(record, "keep", "cpu", True, "ok")
     saved = next((tmp_path / "output" / "kv_cache").glob("ok_*"))
     (tmp_path / "input" / saved.name).write_bytes(saved.read_bytes())
-    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: storage must be one of .*'int4'"):
-        LoadBackgroundKV.execute(saved.name, "int4", "cpu")
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: storage must be one of .*'int4', 'int2'"):
+        LoadBackgroundKV.execute(saved.name, "int3", "cpu")
+    with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: cache_device must be one of .*'disk'"):
+        LoadBackgroundKV.execute(saved.name, "keep", "tpu")
     with pytest.raises(NodeInputError, match=r"^KVInvert: storage must be one of"):
-        invert(flux, storage="int4")
+        invert(flux, storage="int3")
     with pytest.raises(NodeInputError, match=r"^KVInvert: cache_device must be one of"):
         invert(flux, cache_device="gpu")
     with pytest.raises(NodeInputError, match=r"^KVInvert: mask_resize must be one of"):
@@ -146,7 +169,7 @@ def test_unknown_storage_and_device_values(flux, record, tmp_path):
     with pytest.raises(NodeInputError, match=r"^KVInvert: record_tokens must be one of"):
         invert(flux, record_tokens="some")
     with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: storage must be one of"):
-        KVEditInversionFree.execute(flux, latent(), mask(), cond(), cond(), 4, 1, 0, 1.0, "int4")
+        KVEditInversionFree.execute(flux, latent(), mask(), cond(), cond(), 4, 1, 0, 1.0, "int3")
 
 
 def test_unknown_mode_is_refused(flux, record):

@@ -16,11 +16,13 @@ from ...kernels.kv_record import BackgroundRecord
 from ...kernels.kv_store import STORAGE_TYPES
 from ...kernels.token_mask import RESIZE_MODES, MaskError, TokenMasks, build_token_masks
 from . import engine as ke
+from . import place as kp
 from ..common import NodeInputError, note
 from ..families import FLUX, detect_family
 
 STORAGE_CHOICES = [k for k, v in STORAGE_TYPES.items() if v is not None]
-DEVICE_CHOICES = ["cpu", "compute device"]
+DEVICE_CHOICES = list(kp.PLACES)                              # auto, cpu, compute device, disk
+CACHE_PLACES = ["keep", "cpu", "compute device", "disk"]      # BackgroundKVCache: keep = where it is
 MODES = ["paper", "authors code"]
 RECORD_TOKENS = ["background", "every image token"]
 REINIT_FROM = {"inverted latent (paper)": "inverted", "clean latent (authors' code)": "clean"}
@@ -130,7 +132,9 @@ def describe(record: BackgroundRecord) -> str:
     ratio = f" = {kv / authors:.1%} of recording every token in bf16" if authors else ""
     stored = record.total_tokens if record.all_tokens else record.background_tokens
     what = "every image token" if record.all_tokens else "background"
-    text = (f"{what} keys/values: {mib(kv)} ({record.store.storage}, on {record.store.device}), "
+    where = (f"on disk, streamed from {record.store.path}" if record.place() == "disk"
+             else f"on {record.store.device}")
+    text = (f"{what} keys/values: {mib(kv)} ({record.store.storage}, {where}), "
             f"{stored}/{record.total_tokens} {'' if record.all_tokens else 'background '}tokens x {len(record.store.steps())} "
             f"steps x {blocks} blocks{ratio}; trajectory {mib(record.trajectory.numel() * 4)}")
     if record.all_tokens and record.background_tokens:

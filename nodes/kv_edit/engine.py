@@ -16,7 +16,7 @@ import comfy.samplers
 import comfy.utils
 
 from ...kernels.kv_attention import euler, keep_background
-from ...kernels.kv_record import BackgroundRecord, mask_digest, sigmas_digest
+from ...kernels.kv_record import BackgroundRecord, DiskRecordSink, mask_digest, sigmas_digest
 from ...kernels.kv_store import KVStore
 from ...kernels.token_mask import TokenMasks
 from ..flux_tokens import TokenController, TokenPlan, VelocityProbe
@@ -68,15 +68,30 @@ class InvertResult:
 def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: torch.Tensor,
            storage: str = "bf16", cache_device="cpu", mask_guided: bool = False, record_from: int = 0,
            all_tokens: bool = False, mask_resize: str = "touched", fingerprint: str | None = None,
-           progress: comfy.utils.ProgressBar | None = None) -> InvertResult:
+           progress: comfy.utils.ProgressBar | None = None, record_path: str | None = None,
+           depth: int = 4, base: BackgroundRecord | None = None) -> InvertResult:
     """Euler inversion from the source latent to ``s_0`` recording background keys/values
     of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``).
-    ``all_tokens`` records every image token instead, so any mask can be painted later."""
-    geo = flux_geometry(model)
-    n = int(sigmas.numel()) - 1
+    ``all_tokens`` records every image token instead, so any mask can be painted later.
+
+    With ``record_path`` the keys/values go to that file as they are recorded (at most
+    ``depth`` entries queued) and the returned record streams from it. ``base`` is the
+    :func:`empty_record` of these inputs when the caller already made it (its ``all_tokens``
+    must match)."""
+    if base is None:
+        base = empty_record(model, latent, masks, sigmas, storage, cache_device, mask_guided,
+                            all_tokens=all_tokens, mask_resize=mask_resize, fingerprint=fingerprint)
+    if bool(base.all_tokens) != bool(all_tokens):
+        raise ValueError("invert(): base record and all_tokens disagree")
+    n = base.steps
     flat = masks.flat[0]
-    bg_idx = torch.arange(flat.numel()) if all_tokens else (~flat).nonzero().flatten()
-    store = KVStore(storage=storage, device=cache_device)
+    bg_idx = base.recorded_tokens
+    sink = None
+    if record_path is not None:
+        steps = list(range(record_from, n)) if bg_idx.numel() else []
+        sink = DiskRecordSink(record_path, base, steps, depth=depth).open()
+    put = sink.put if sink is not None else base.store.put
+    geo = flux_geometry(model)
     controller = TokenController(geo["n_single"], "flux")
     probe = VelocityProbe()
     traj: list[torch.Tensor | None] = [None] * (n + 1)
@@ -92,7 +107,7 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
             step = i
 
             def record(block, k, v, step=step):
-                store.put(step, block, k, v)
+                put(step, block, k, v)
 
             rec_now = bool(bg_idx.numel()) and i >= record_from
             controller.plan = TokenPlan(n_img=flat.numel(), record_idx=bg_idx if rec_now else None,
@@ -101,24 +116,47 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
             model_wrap(traj[i + 1].to(x0.dtype), sig[i + 1] * s_in, **extra_args)
             v = probe.take()
             traj[i] = euler(traj[i + 1], v, float(sig[i + 1]), float(sig[i]))
+            traj[i + 1] = traj[i + 1].cpu()
             controller.plan = None
             if progress is not None:
                 progress.update(1)
         return traj[0].to(x0.dtype)
 
     guider = _guider(model, positive)
-    inverted = guider.sample(torch.zeros_like(latent), latent, LoopSampler(loop), sigmas.to(latent.device),
-                             seed=0, disable_pbar=True)
-    trajectory = torch.stack([t.cpu() for t in traj])
+    try:
+        inverted = guider.sample(torch.zeros_like(latent), latent, LoopSampler(loop), sigmas.to(latent.device),
+                                 seed=0, disable_pbar=True)
+        trajectory = torch.stack([t.cpu() for t in traj])
+        if sink is not None:
+            record = sink.finish(trajectory, depth=depth)
+        else:
+            base.trajectory = trajectory
+            record = base
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    return InvertResult(record, inverted.cpu())
+
+
+def empty_record(model, latent: torch.Tensor, masks: TokenMasks, sigmas: torch.Tensor, storage: str = "bf16",
+                 cache_device="cpu", mask_guided: bool = False, all_tokens: bool = False,
+                 mask_resize: str = "touched", fingerprint: str | None = None) -> BackgroundRecord:
+    """The record an inversion will fill: fingerprint, masks, key/value shape; no entries yet
+    (the trajectory is zero until the inversion sets it). ``all_tokens`` stores every image
+    token (not only the background), so any mask can be painted for the edit."""
+    geo = flux_geometry(model)
+    n = int(sigmas.numel()) - 1
+    bg = int(masks.flat[0].numel()) if all_tokens else int((~masks.flat[0]).sum())
     fingerprint = {"model": fingerprint or model_fingerprint(model), "latent_shape": list(latent.shape),
                    "mask": mask_digest(masks.latent), "steps": n, "sigmas": sigmas_digest(sigmas)}
-    kv_shape = (1, geo["heads"], int(bg_idx.numel()), geo["head_dim"])
-    record = BackgroundRecord(store=store, trajectory=trajectory, source_latent=latent.clone().cpu(),
-                              latent_mask=masks.latent.cpu(), token_mask=masks.tokens.cpu(),
-                              sigmas=sigmas.float().cpu(), fingerprint=fingerprint, kv_shape=kv_shape,
-                              blocks=geo["blocks"], mask_guided=mask_guided, all_tokens=all_tokens,
-                              info={"hidden": geo["hidden"], "family": "flux", "mask_resize": mask_resize})
-    return InvertResult(record, inverted.cpu())
+    return BackgroundRecord(store=KVStore(storage=storage, device=cache_device),
+                            trajectory=torch.zeros((n + 1, *latent.shape), dtype=torch.float32),
+                            source_latent=latent.clone().cpu(), latent_mask=masks.latent.cpu(),
+                            token_mask=masks.tokens.cpu(), sigmas=sigmas.float().cpu(), fingerprint=fingerprint,
+                            kv_shape=(1, geo["heads"], bg, geo["head_dim"]), blocks=geo["blocks"],
+                            mask_guided=mask_guided, all_tokens=all_tokens,
+                            info={"hidden": geo["hidden"], "family": "flux", "mask_resize": mask_resize})
 
 
 REINIT_FORMS = ("inverted", "clean")
@@ -175,7 +213,6 @@ def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, r
             base = traj[n] if reinit_from == "clean" else traj[skip]
             fresh = sk * noise.to(device).float() + (1 - sk) * base
             x = keep_background(fresh, x, m)
-        s_in = x.new_ones(x.shape[0])
         pos = positions.to(device) if positions is not None else None
 
         def cached(block, dev, dt, step):
@@ -184,6 +221,16 @@ def denoise_loop(record: BackgroundRecord, skip: int, attn_scale: float = 0.0, r
                 k, v = k.index_select(2, pos.to(k.device)), v.index_select(2, pos.to(v.device))
             return k, v
 
+        begin = getattr(record.store, "begin", None)
+        if begin is not None:
+            begin()  # a streamed record: its file is still there, unchanged
+        try:
+            return run(x, s, device, dtype, traj, m, controller, cached, model_wrap, extra_args, callback)
+        finally:
+            record.store.release()  # copies in flight and the disk reader
+
+    def run(x, s, device, dtype, traj, m, controller, cached, model_wrap, extra_args, callback):
+        s_in = x.new_ones(x.shape[0])
         for i in range(skip, n):
             _interrupted()
             if authors_mode:

@@ -1,28 +1,22 @@
 """KV-Edit nodes: invert once, edit many times, background bit-exact."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-import comfy.model_management
 import comfy.utils
-import folder_paths
 
-from ...kernels.kv_record import FILE_SUFFIX, BackgroundRecord, RecordError
+from ...kernels.kv_disk import DiskRecordError
 from ...kernels.surgery import inner_feather
 from ...kernels.token_mask import RESIZE_MODES
 from . import checks as ck
 from . import engine as ke
+from . import place as kp
 from .checks import DEVICE_CHOICES, MODES, RECORD_TOKENS, REINIT_FROM, STORAGE_CHOICES
-from ..common import CATEGORY, NodeInputError, log, note
-
-BackgroundKV = io.Custom("BACKGROUND_KV")
-KV_CATEGORY = f"{CATEGORY}/kv-edit"
-KV_SUBFOLDER = "kv_cache"
-PREFIX_MAX = 120
+from .record_nodes import (KV_CATEGORY, KV_SUBFOLDER, PREFIX_MAX, BackgroundKV,  # noqa: F401 (re-exported)
+                           BackgroundKVCache, LoadBackgroundKV, _kv_files, _startup_cleanup, clean_partial_saves)
+from ..common import NodeInputError, note
 
 
 class KVInvert(io.ComfyNode):
@@ -45,11 +39,14 @@ class KVInvert(io.ComfyNode):
                 io.Boolean.Input("mask_guided", default=False, tooltip="Mask the attention during inversion "
                                  "so the background record does not depend on the foreground content."),
                 io.Combo.Input("storage", options=STORAGE_CHOICES, default="bf16",
-                               tooltip="Storage type of the keys/values: bf16 (default), fp16, fp32, or fp8 "
-                                       "with a per-tensor scale (half the size of bf16)."),
-                io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
-                               tooltip="Where the record lives: CPU memory (moved block by block while "
-                                       "editing) or the compute device (fastest, uses VRAM)."),
+                               tooltip="Storage type of the keys/values: bf16 (default), fp16, fp32, fp8 "
+                                       "with a per-tensor scale (half the size of bf16), or int4 / int2 "
+                                       "(KIVI-style groups, about a quarter / an eighth of bf16)."),
+                io.Combo.Input("cache_device", options=kp.PLACES, default="auto",
+                               tooltip="Where the record lives: auto (CPU memory when it fits in "
+                                       "memory_limit_gb, else disk), CPU memory (moved block by block while "
+                                       "editing), the compute device (fastest, uses VRAM), or disk (written "
+                                       "while inverting, streamed block by block while editing)."),
                 io.Int.Input("record_from_step", default=0, min=0, max=199,
                              tooltip="The smallest skip_steps you will edit with: earlier steps are not "
                                      "recorded, which shrinks the record (0 = record every step)."),
@@ -57,6 +54,12 @@ class KVInvert(io.ComfyNode):
                                tooltip="Pixel mask to latent pixels: touched (bilinear, plus every latent pixel "
                                        "a brush stroke touches) or bilinear (exactly as the authors' code, for "
                                        "comparisons with 'authors code' mode)."),
+                io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
+                               tooltip="RAM the record may use (GiB); auto puts larger records on disk. "
+                                       "0 = free RAM minus a safety margin (15% of RAM, at least 4 GiB)."),
+                io.String.Input("record_folder", default="", tooltip="Folder of records on disk; empty = "
+                                "ComfyUI's temp folder (emptied when ComfyUI starts). Needs the record's size "
+                                "free (shown on the node)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional schedule (replaces steps), e.g. "
                                 "from BasicScheduler; must fall to 0."),
                 io.Combo.Input("record_tokens", options=RECORD_TOKENS, default="background", optional=True,
@@ -73,7 +76,8 @@ class KVInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, mask, conditioning, steps, mask_guided, storage, cache_device,
-                record_from_step=0, mask_resize="touched", sigmas=None, record_tokens="background") -> io.NodeOutput:
+                record_from_step=0, mask_resize="touched", memory_limit_gb=0.0, record_folder="",
+                sigmas=None, record_tokens="background") -> io.NodeOutput:
         node = "KVInvert"
         ck.flux_model(model, node)
         ck.choice(node, "storage", storage, STORAGE_CHOICES)
@@ -92,15 +96,32 @@ class KVInvert(io.ComfyNode):
         if bool(masks.tokens.all()):
             notes.append(note(node, "the mask covers every token: nothing to keep, the edit is a plain "
                                     "generation from the inverted latent"))
+        limit = ck.finite_number(node, "memory_limit_gb", memory_limit_gb)
+        if limit < 0:
+            raise NodeInputError(f"{node}: memory_limit_gb must be 0 (automatic) or more (got {limit:g})")
         fp = ck.fingerprint(model, node)  # an unreadable model is refused before the long inversion
+        base = ke.empty_record(model, x, masks, s, storage, mask_guided=mask_guided, all_tokens=all_tokens,
+                               mask_resize=mask_resize, fingerprint=fp)
+        need, entry = kp.record_need(base, base.steps - record_from_step)
+        where = kp.choose(node, cache_device, need, entry, limit)
         pbar = comfy.utils.ProgressBar(int(s.numel()) - 1)
-        res = ke.invert(model, x, masks, conditioning, s, storage=storage,
-                        cache_device=ck.cache_device(cache_device), mask_guided=mask_guided,
-                        record_from=record_from_step, all_tokens=all_tokens, mask_resize=mask_resize,
-                        fingerprint=fp, progress=pbar)
+        path = None
+        if where.place == "disk":
+            path = kp.new_record_path(kp.records_folder(record_folder))
+        else:
+            base.store = ke.KVStore(storage=storage, device=ck.cache_device(where.place))
+        try:
+            res = ke.invert(model, x, masks, conditioning, s, storage=storage, mask_guided=mask_guided,
+                            record_from=record_from_step, all_tokens=all_tokens, mask_resize=mask_resize,
+                            fingerprint=fp, progress=pbar, record_path=path, depth=where.depth, base=base)
+        except DiskRecordError as e:
+            raise NodeInputError(f"{node}: {e}. Free space there, set record_folder to a larger disk, or choose "
+                                 f"a smaller storage (int4 is about a quarter of bf16).") from None
+        if path is not None and not record_folder.strip():
+            res.record.store.rf.delete_on_close = True  # scratch file: gone once ComfyUI drops the record
         ck.finite_tensor(node, "the inversion's trajectory", res.record.trajectory,
                          "the model produced NaN/inf (check its weights, LoRAs and dtype)")
-        text = "\n".join([ck.describe(res.record)] + notes)
+        text = "\n".join([ck.describe(res.record), f"record place: {where.reason}"] + notes)
         return io.NodeOutput(res.record, {"samples": res.inverted}, ui={"text": (text,)})
 
 
@@ -164,9 +185,12 @@ class KVEditSampler(io.ComfyNode):
             notes.append(f"edited with the given mask ({int(masks.flat.sum())} tokens computed; the record's own "
                          f"mask had {int(rec.token_mask.sum())})")
         pbar = comfy.utils.ProgressBar(rec.steps - skip_steps)
-        out = ke.edit(model, rec, conditioning, skip_steps, seed=seed, attn_scale=attn_scale, reinit=reinit,
-                      authors_mode=(mode == "authors code"), noise=noise_t, progress=pbar, masks=masks,
-                      reinit_from=REINIT_FROM[reinit_from])
+        try:
+            out = ke.edit(model, rec, conditioning, skip_steps, seed=seed, attn_scale=attn_scale, reinit=reinit,
+                          authors_mode=(mode == "authors code"), noise=noise_t, progress=pbar, masks=masks,
+                          reinit_from=REINIT_FROM[reinit_from])
+        except DiskRecordError as e:
+            raise NodeInputError(f"{node}: {e}") from None
         ck.finite_tensor(node, "the edit", out, "the model produced NaN/inf (check its weights and LoRAs)")
         return io.NodeOutput({"samples": out}, ui={"text": ("\n".join(notes),)} if notes else None)
 
@@ -215,7 +239,10 @@ class KVEditCustomSampler(io.ComfyNode):
             ck.finite_tensor(node, "the latent", latent_image, "encode the image again")
             if reinit:
                 ck.finite_tensor(node, "the noise", noise, "use another NOISE input")
-            return loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
+            try:
+                return loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
+            except DiskRecordError as e:
+                raise NodeInputError(f"{node}: {e}") from None
 
         return io.NodeOutput(ke.LoopSampler(checked), rec.sigmas[skip_steps:].clone())
 
@@ -340,159 +367,5 @@ class KVEditPixelPaste(io.ComfyNode):
         out = torch.where(w > 0, edt[..., :c] * w + src[..., :c] * (1 - w), src[..., :c])
         return io.NodeOutput(out, ui={"text": ("\n".join(notes),)} if notes else None)
 
-
-def _kv_files() -> list[str]:
-    """Records in the input folder; links that lead outside it are not offered (loading refuses them)."""
-    root = os.path.realpath(folder_paths.get_input_directory())
-    found = []
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            full = os.path.join(dirpath, f)
-            if f.endswith(FILE_SUFFIX) and os.path.realpath(full).startswith(root + os.sep):
-                found.append(os.path.relpath(full, root).replace(os.sep, "/"))
-    return sorted(found)
-
-
-def clean_partial_saves() -> list[str]:
-    """Remove ``*.partial`` files a killed save left in output/kv_cache (ComfyUI runs one
-    prompt at a time, so none is being written when this runs). Returns the removed names."""
-    out_dir = os.path.join(folder_paths.get_output_directory(), KV_SUBFOLDER)
-    removed = []
-    if os.path.isdir(out_dir):
-        for f in os.listdir(out_dir):
-            path = os.path.join(out_dir, f)
-            if f.endswith(FILE_SUFFIX + ".partial") and os.path.isfile(path) and not os.path.islink(path):
-                os.remove(path)
-                removed.append(f)
-    return removed
-
-
-def _prefix(node: str, filename_prefix) -> str:
-    text = str(filename_prefix).strip()
-    bad = [c for c in text if c == "\x00" or ord(c) < 32 or c in '/\\:*?"<>|']
-    if bad:
-        raise NodeInputError(f"{node}: filename_prefix holds characters a file name cannot have "
-                             f"({sorted(set(map(repr, bad)))[:4]}); use letters, digits, '-', '_' and '.'")
-    if len(text) > PREFIX_MAX:
-        raise NodeInputError(f"{node}: filename_prefix is {len(text)} characters long; use at most {PREFIX_MAX}")
-    if text in (".", ".."):
-        raise NodeInputError(f"{node}: filename_prefix cannot be {text!r}")
-    return text or "kv_edit"
-
-
-class BackgroundKVCache(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="BackgroundKVCache", display_name="Background KV Cache", category=KV_CATEGORY,
-            description=(f"Chooses where a background record lives (CPU or compute device) and its storage "
-                         f"type, and optionally saves it as a safetensors file (*{FILE_SUFFIX}) in ComfyUI's "
-                         f"output folder ({KV_SUBFOLDER}/). Copy it to the input folder to load it later with "
-                         f"LoadBackgroundKV, also after restarting ComfyUI."),
-            is_output_node=True,
-            inputs=[BackgroundKV.Input("background_kv", tooltip="Record from KVInvert."),
-                    io.Combo.Input("storage", options=["keep"] + STORAGE_CHOICES, default="keep",
-                                   tooltip="Convert the keys/values to this type (keep = unchanged)."),
-                    io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
-                                   tooltip="Where the record lives while editing."),
-                    io.Boolean.Input("save", default=False, tooltip="Write the record to the output folder "
-                                     "(records are large: see the size shown on the node)."),
-                    io.String.Input("filename_prefix", default="kv_edit",
-                                    tooltip="File name prefix inside output/kv_cache/.")],
-            outputs=[BackgroundKV.Output("stored", tooltip="The (converted) record.")],
-        )
-
-    @classmethod
-    def execute(cls, background_kv, storage, cache_device, save, filename_prefix) -> io.NodeOutput:
-        node = "BackgroundKVCache"
-        ck.choice(node, "storage", storage, ["keep"] + STORAGE_CHOICES)
-        ck.choice(node, "cache_device", cache_device, DEVICE_CHOICES)
-        prefix = _prefix(node, filename_prefix) if save else None
-        rec = background_kv
-        want = None if storage == "keep" else storage
-        device = ck.cache_device(cache_device)
-        if want not in (None, rec.store.storage) or device != rec.store.device:
-            rec = rec.converted(storage=want, device=device)
-        lines = [ck.describe(rec)]
-        if save:
-            out_dir = os.path.join(folder_paths.get_output_directory(), KV_SUBFOLDER)
-            path = None
-            try:
-                os.makedirs(out_dir, exist_ok=True)
-                removed = clean_partial_saves()
-                if removed:
-                    lines.append(f"removed {len(removed)} unfinished save(s) left by an interrupted run")
-                i = 1
-                while os.path.exists(os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")):
-                    i += 1
-                path = os.path.join(out_dir, f"{prefix}_{i:05d}{FILE_SUFFIX}")
-                rec.save(path)
-            except OSError as e:
-                if path is not None and os.path.isfile(path + ".partial"):
-                    os.remove(path + ".partial")
-                raise NodeInputError(f"{node}: could not write the record to output/{KV_SUBFOLDER} "
-                                     f"({e.strerror or e}); free disk space or check the folder's permissions") from None
-            lines.append(f"saved {KV_SUBFOLDER}/{os.path.basename(path)} ({ck.mib(os.path.getsize(path))})")
-        return io.NodeOutput(rec, ui={"text": ("\n".join(lines),)})
-
-
-class LoadBackgroundKV(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="LoadBackgroundKV", display_name="Load Background KV", category=KV_CATEGORY,
-            description=(f"Loads a background record (*{FILE_SUFFIX}, from ComfyUI's input folder) saved by "
-                         f"Background KV Cache, so one inversion serves many prompts, seeds and skip counts. "
-                         f"Only safetensors are read; every tensor is checked before use."),
-            inputs=[io.Combo.Input("file", options=_kv_files(), tooltip="A record in the input folder."),
-                    io.Combo.Input("storage", options=["keep"] + STORAGE_CHOICES, default="keep",
-                                   tooltip="Convert the keys/values to this type after loading."),
-                    io.Combo.Input("cache_device", options=DEVICE_CHOICES, default="cpu",
-                                   tooltip="Where the record lives while editing.")],
-            outputs=[BackgroundKV.Output("background_kv", tooltip="The loaded record.")],
-        )
-
-    @classmethod
-    def execute(cls, file, storage, cache_device) -> io.NodeOutput:
-        node = "LoadBackgroundKV"
-        ck.choice(node, "storage", storage, ["keep"] + STORAGE_CHOICES)
-        ck.choice(node, "cache_device", cache_device, DEVICE_CHOICES)
-        root = os.path.realpath(folder_paths.get_input_directory())
-        path = os.path.realpath(os.path.join(root, file))
-        if not path.startswith(root + os.sep) or not os.path.isfile(path):
-            raise NodeInputError(f"{node}: no record named {file!r} in the input folder")
-        try:
-            rec = BackgroundRecord.load(path, device=ck.cache_device(cache_device),
-                                        storage=None if storage == "keep" else storage)
-        except RecordError as e:
-            raise NodeInputError(f"{node}: {e}") from None
-        ck.finite_tensor(node, f"{file}'s trajectory", rec.trajectory, "the file is damaged; invert again")
-        ck.finite_tensor(node, f"{file}'s source latent", rec.source_latent, "the file is damaged; invert again")
-        for key, entry in rec.store.entries.items():
-            for t in (entry.k, entry.v):
-                ck.finite_tensor(node, f"{file}'s keys/values (step {key[0]}, {key[1][0]} block {key[1][1]})",
-                                 t.float() if t.element_size() == 1 else t, "the file is damaged; invert again")
-        return io.NodeOutput(rec, ui={"text": (ck.describe(rec),)})
-
-    @classmethod
-    def fingerprint_inputs(cls, file, storage, cache_device):
-        path = os.path.join(folder_paths.get_input_directory(), file)
-        return os.path.getmtime(path) if os.path.exists(path) else file
-
-
 NODES = [KVInvert, KVEditSampler, KVEditCustomSampler, KVEditComposite, KVEditInversionFree, KVEditPixelPaste,
          BackgroundKVCache, LoadBackgroundKV]
-
-
-def _startup_cleanup() -> None:
-    """At start (this module loads when ComfyUI starts): remove unfinished saves of a killed run."""
-    try:
-        removed = clean_partial_saves()
-    except OSError as e:  # never stop ComfyUI from starting; the next save tries again
-        log.warning("KV-Edit: could not remove unfinished record saves: %s", e)
-        return
-    if removed:
-        log.info("KV-Edit: removed unfinished record saves %s", removed)
-
-
-_startup_cleanup()

@@ -1,0 +1,680 @@
+"""Key/value records that stream to and from disk.
+
+A record file is an ordinary safetensors file (8-byte header length, JSON header, tensor
+data; nothing is ever unpickled) laid out so that it can be written while the inversion runs
+and read one (step, block) entry at a time:
+
+* the whole layout is known before the inversion starts (storage type, key/value shape,
+  recorded steps and blocks), so the header is written first and every entry goes straight
+  to its offset when the model records it; memory does not grow with the record;
+* entries lie in the order denoising reads them (steps ascending, double then single blocks),
+  each one contiguous (``kv.k``, ``kv.v`` and scale parts), so an edit reads the file front
+  to back;
+* the metadata carries ``complete`` and a CRC-32 of every entry and small tensor. A record
+  is written as ``<name>.partial`` (locked while written) and renamed only after its data,
+  then its final header, reached the disk: a record interrupted while written is never
+  offered, and a leftover ``.partial`` is removed by the next writer once its lock is free;
+* readers check every name, type, shape and offset against the header before use, check
+  the file's size, and verify each entry's CRC as it is read: a record whose file changed
+  after writing is refused with a message that says so.
+
+Reading uses ``os.preadv`` into fresh (pinned, for CUDA) buffers from a reader thread that
+stays at most ``depth`` entries ahead. Unlike a memory map, whose touched pages count as the
+process's resident memory until unmapped, this keeps the resident memory of an edit bounded
+by the entries in flight; the kernel's page cache still serves repeated reads.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from .kv_store import KVStore, KVStoreError, Replay, encode, entry_key, entry_parts, norm_key, use_rank
+
+PARTIAL = ".partial"
+RECORD_SUFFIX = ".bgkv.safetensors"  # = kv_record.FILE_SUFFIX (kv_record imports this module)
+HEADER_ROOM = 4096  # spare header bytes, so the final metadata never moves the data
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.uint8: "U8",
+           torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.float64: "F64"}
+if getattr(torch, "float8_e4m3fn", None) is not None:
+    _DTYPES[torch.float8_e4m3fn] = "F8_E4M3"
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class DiskRecordError(KVStoreError):
+    pass
+
+
+def _size(dtype, shape) -> int:
+    n = torch.tensor([], dtype=dtype).element_size()
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def entry_name(key) -> str:
+    return "kv." + entry_key(*key)
+
+
+@dataclass
+class Layout:
+    """Where every tensor of a record lies (offsets relative to the data start)."""
+
+    tensors: dict      # name -> (dtype, shape, start, end)
+    entries: dict      # key -> (start, end, [(part, name)])
+    data_bytes: int
+
+    @property
+    def max_entry(self) -> int:
+        return max((b - a for a, b, _ in self.entries.values()), default=0)
+
+    @classmethod
+    def build(cls, small: list, storage: str, kv_shape, keys) -> "Layout":
+        tensors, entries, off = {}, {}, 0
+        for name, dtype, shape in small:
+            n = _size(dtype, shape)
+            tensors[name] = (dtype, tuple(shape), off, off + n)
+            off += n
+        parts = entry_parts(storage, kv_shape) if keys else []
+        for key in sorted((norm_key(*k) for k in keys), key=use_rank):
+            start, names = off, []
+            for part, dtype, shape in parts:
+                name = f"kv.{part}.{entry_key(*key)}"
+                n = _size(dtype, shape)
+                tensors[name] = (dtype, tuple(shape), off, off + n)
+                names.append((part, name))
+                off += n
+            entries[key] = (start, off, names)
+        return cls(tensors, entries, off)
+
+    def header_json(self, metadata: dict) -> bytes:
+        head = {"__metadata__": metadata}
+        for name, (dtype, shape, a, b) in self.tensors.items():
+            head[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [a, b]}
+        return json.dumps(head, separators=(",", ":")).encode()
+
+
+def checked_names(layout: Layout) -> list[str]:
+    """Names with a checksum: every entry, and every tensor that is not part of an entry."""
+    return [entry_name(k) for k in layout.entries] + [n for n in layout.tensors if not n.startswith("kv.")]
+
+
+def placeholder_metadata(layout: Layout, metadata: dict) -> dict:
+    """The metadata of an unfinished record; the final one has the same length."""
+    return dict(metadata, complete="0",
+                checksums=json.dumps({n: "00000000" for n in checked_names(layout)}, separators=(",", ":")))
+
+
+def record_bytes(layout: Layout, metadata: dict) -> int:
+    """Size of the file on disk."""
+    return 8 + _header_len(layout, placeholder_metadata(layout, metadata)) + layout.data_bytes
+
+
+def _header_len(layout, metadata) -> int:
+    n = len(layout.header_json(metadata)) + HEADER_ROOM
+    return n + (-n % 8)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def clean_stale_partials(folder: str) -> list[str]:
+    """Remove ``*.bgkv.safetensors.partial`` records nobody is writing (left by a killed process);
+    other ``.partial`` files in the folder are not ours and stay."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if not name.endswith(RECORD_SUFFIX + PARTIAL):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a writer holds it
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def check_space(folder: str, need: int, margin: int = 256 * 2**20) -> None:
+    os.makedirs(folder, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if need + margin > free:
+        raise DiskRecordError(f"the record needs {need / 2**30:.2f} GiB on disk in {folder} but only "
+                              f"{free / 2**30:.2f} GiB are free")
+
+
+class RecordWriter:
+    """Writes a record's layout as its tensors arrive (from any order of steps); a writer
+    thread does the I/O while the caller computes, with at most ``depth`` entries queued."""
+
+    def __init__(self, path: str, layout: Layout, metadata: dict, depth: int = 4):
+        self.path, self.layout = path, layout
+        self.tmp = path + PARTIAL
+        folder = os.path.dirname(os.path.abspath(path))
+        clean_stale_partials(folder)
+        meta = placeholder_metadata(layout, metadata)
+        self._meta = metadata
+        self.header_len = _header_len(layout, meta)
+        self.total = 8 + self.header_len + layout.data_bytes
+        check_space(folder, self.total)
+        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            try:
+                os.posix_fallocate(self.fd, 0, self.total)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise DiskRecordError(f"the record needs {self.total / 2**30:.2f} GiB on disk in {folder}, "
+                                          f"which is not free") from None
+                os.ftruncate(self.fd, self.total)  # file systems without fallocate
+            self._write_header(meta)
+        except BaseException:
+            self.abort()
+            raise
+        self.crc: dict[str, str] = {}
+        self.written = set()
+        self.error: BaseException | None = None
+        self._queue: deque = deque()
+        self._pool: list = []
+        self._made = 0
+        self._cv = threading.Condition()
+        self.depth = max(1, int(depth))
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="kv-record-writer", daemon=True)
+        self._thread.start()
+
+    def _checked_names(self):
+        return checked_names(self.layout)
+
+    def _write_header(self, meta: dict) -> None:
+        head = self.layout.header_json(meta)
+        if len(head) > self.header_len:
+            raise DiskRecordError("record header outgrew its room")
+        data = struct.pack("<Q", self.header_len) + head + b" " * (self.header_len - len(head))
+        os.pwrite(self.fd, data, 0)
+
+    # -- producer side
+    def _push(self, item) -> None:
+        with self._cv:
+            while len(self._queue) >= self.depth and self.error is None:
+                self._cv.wait()
+            if self.error is not None:
+                raise self.error
+            self._queue.append(item)
+            self._cv.notify_all()
+
+    def put(self, step, block, k: torch.Tensor, v: torch.Tensor, storage: str) -> None:
+        key = norm_key(step, block)
+        if key not in self.layout.entries:
+            raise DiskRecordError(f"step {step}, {block[0]} block {block[1]} is not in the record's layout")
+        self.put_parts(key, encode(k, v, storage))
+
+    def put_parts(self, key, parts: dict[str, torch.Tensor]) -> None:
+        """Queue one entry already encoded (:func:`~.kv_store.encode`)."""
+        key = norm_key(*key)
+        start, end, names = self.layout.entries[key]
+        buf = self._buffer(end - start, pin=parts["k"].is_cuda)
+        off = 0
+        for p, _ in names:
+            flat = parts[p].contiguous().reshape(-1).view(torch.uint8)
+            buf[off:off + flat.numel()].copy_(flat)
+            off += flat.numel()
+        if off != end - start:
+            self._pool.append(buf)
+            raise DiskRecordError(f"keys/values of {entry_key(*key)} do not fit the record's layout")
+        self._push((entry_name(key), start, buf[:off], buf))
+
+    def _buffer(self, nbytes: int, pin: bool) -> torch.Tensor:
+        """One of ``depth`` reused staging buffers (no allocation per entry, so the heap does
+        not fragment while the inversion runs)."""
+        with self._cv:
+            while not self._pool and self._made >= self.depth and self.error is None:
+                self._cv.wait()
+            if self.error is not None:
+                raise self.error
+            if self._pool:
+                buf = self._pool.pop()
+                if buf.numel() >= nbytes:
+                    return buf
+                self._made -= 1
+            self._made += 1
+        size = max(nbytes, self.layout.max_entry)
+        return torch.empty(size, dtype=torch.uint8, pin_memory=pin and torch.cuda.is_available())
+
+    def put_tensor(self, name: str, t: torch.Tensor) -> None:
+        dtype, shape, a, b = self.layout.tensors[name]
+        if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+            raise DiskRecordError(f"tensor {name} is {t.dtype} {tuple(t.shape)}, the layout says "
+                                  f"{dtype} {tuple(shape)}")
+        self._push((name, a, t.detach().contiguous().cpu().reshape(-1).view(torch.uint8), None))
+
+    # -- writer thread
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue and self._closed:
+                    return
+                name, off, buf, pooled = self._queue[0]
+            try:
+                mv = memoryview(buf.numpy())
+                pos = 8 + self.header_len + off
+                done = 0
+                while done < len(mv):
+                    done += os.pwrite(self.fd, mv[done:], pos + done)
+                self.crc[name] = f"{zlib.crc32(mv) & 0xffffffff:08x}"
+                self.written.add(name)
+            except BaseException as e:  # noqa: BLE001 - handed to the producer
+                with self._cv:
+                    self.error = e if not isinstance(e, OSError) or e.errno != errno.ENOSPC else \
+                        DiskRecordError(f"the disk holding {self.tmp} is full")
+                    self._queue.clear()
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._queue.popleft()
+                if pooled is not None:
+                    self._pool.append(pooled)
+                self._cv.notify_all()
+
+    def _drain(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+
+    def finish(self) -> str:
+        """Flush, write the final header, rename; returns the record's path."""
+        self._drain()
+        if self.error is not None:
+            self.abort()
+            raise self.error
+        missing = [n for n in self._checked_names() if n not in self.written]
+        if missing:
+            self.abort()
+            raise DiskRecordError(f"the record lacks {len(missing)} tensors (e.g. {missing[0]}); it was not finished")
+        os.fsync(self.fd)
+        meta = dict(self._meta, complete="1",
+                    checksums=json.dumps({n: self.crc[n] for n in self._checked_names()}, separators=(",", ":")))
+        self._write_header(meta)
+        os.fsync(self.fd)
+        os.replace(self.tmp, self.path)
+        try:
+            dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and delete the unfinished file."""
+        if getattr(self, "_thread", None) is not None and self._thread.is_alive():
+            with self._cv:
+                self._queue.clear()
+            self._drain()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+class RecordFile:
+    """A record file opened for reading: the header parsed and checked, nothing else read."""
+
+    MAX_HEADER = 64 * 2**20
+
+    def __init__(self, path: str):
+        self.path = path
+        name = os.path.basename(path)
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DiskRecordError(f"the record file {path} does not exist (deleted or moved?)") from None
+        try:
+            st = os.fstat(self.fd)
+            self.stat = (st.st_ino, st.st_size, st.st_mtime_ns)
+            raw = os.pread(self.fd, 8, 0)
+            if len(raw) < 8:
+                raise DiskRecordError(f"cannot read {name} as a safetensors record: the file is truncated")
+            (n,) = struct.unpack("<Q", raw)
+            if n > self.MAX_HEADER or n + 8 > st.st_size:
+                raise DiskRecordError(f"cannot read {name} as a safetensors record (header length {n} does "
+                                      f"not fit a {st.st_size}-byte file); it may be truncated or another kind "
+                                      f"of file")
+            try:
+                head = json.loads(os.pread(self.fd, n, 8).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise DiskRecordError(f"cannot read {name} as a safetensors record (bad header); it may be "
+                                      f"truncated or another kind of file") from None
+            if not isinstance(head, dict):
+                raise DiskRecordError(f"cannot read {name} as a safetensors record (bad header)")
+            self.data_start = 8 + n
+            self.metadata = head.pop("__metadata__", None) or {}
+            self.tensors = {}
+            spans = []
+            for tname, info in head.items():
+                try:
+                    dtype = _NAMES[info["dtype"]]
+                    shape = tuple(int(d) for d in info["shape"])
+                    a, b = (int(x) for x in info["data_offsets"])
+                except (KeyError, TypeError, ValueError):
+                    raise DiskRecordError(f"{name}: tensor {tname!r} has a malformed or unsupported header "
+                                          f"entry") from None
+                if b - a != _size(dtype, shape) or a < 0:
+                    raise DiskRecordError(f"{name}: tensor {tname!r} has offsets that do not fit its shape")
+                self.tensors[tname] = (dtype, shape, a, b)
+                spans.append((a, b))
+            spans.sort()
+            end = 0
+            for a, b in spans:
+                if a != end:
+                    raise DiskRecordError(f"{name}: tensors overlap or leave gaps; not a valid safetensors file")
+                end = b
+            if self.data_start + end != st.st_size:
+                raise DiskRecordError(f"cannot read {name} as a safetensors record: the file has "
+                                      f"{st.st_size} bytes, its header describes {self.data_start + end}; it may "
+                                      f"be truncated or was changed after writing")
+            self.checksums = json.loads(self.metadata["checksums"]) if "checksums" in self.metadata else None
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    delete_on_close = False  # a scratch record (ComfyUI's temp folder): removed when no longer used
+
+    def close(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.delete_on_close:
+            self.delete_on_close = False
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def check_unchanged(self) -> None:
+        """The path still names the file that was opened, with the same size and time."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise DiskRecordError(f"the record file {self.path} no longer exists (deleted or moved); invert "
+                                  f"again, or load it from where it is now") from None
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != self.stat:
+            raise DiskRecordError(f"the record file {self.path} was changed or replaced after it was opened; "
+                                  f"load it again")
+
+    def _pread_into(self, buf: torch.Tensor, offset: int) -> None:
+        mv = memoryview(buf.numpy())
+        done = 0
+        while done < len(mv):
+            got = os.preadv(self.fd, [mv[done:]], self.data_start + offset + done)
+            if got <= 0:
+                raise DiskRecordError(f"the record file {self.path} ended early (changed after writing?)")
+            done += got
+
+    def _verify(self, name: str, buf: torch.Tensor) -> None:
+        if self.checksums is None:
+            return
+        want = self.checksums.get(name)
+        got = f"{zlib.crc32(memoryview(buf.numpy())) & 0xffffffff:08x}"
+        if want != got:
+            raise DiskRecordError(f"the record file {os.path.basename(self.path)} changed after it was written "
+                                  f"({name} does not match its checksum); invert again")
+
+    def read_tensor(self, name: str) -> torch.Tensor:
+        dtype, shape, a, b = self.tensors[name]
+        buf = torch.empty(b - a, dtype=torch.uint8)
+        self._pread_into(buf, a)
+        self._verify(name, buf)
+        return buf.view(dtype).reshape(shape) if b > a else torch.empty(shape, dtype=dtype)
+
+    def read_entry(self, key, ranges, pin: bool = False, buf: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The parts of one entry (views of ``buf`` when given); ``ranges`` is
+        ``(start, end, [(part, tensor name)])``."""
+        start, end, names = ranges
+        if start is None:  # parts apart (version 1 files, no checksums)
+            if self.checksums is not None:
+                raise DiskRecordError(f"the record file {os.path.basename(self.path)} changed after it was "
+                                      f"written (its layout was rewritten); invert again")
+            return {part: self.read_tensor(name) for part, name in names}
+        if buf is None or buf.numel() < end - start:
+            buf = torch.empty(end - start, dtype=torch.uint8, pin_memory=pin)
+        buf = buf[:end - start]
+        self._pread_into(buf, start)
+        self._verify(entry_name(key), buf)
+        out = {}
+        for part, name in names:
+            dtype, shape, a, b = self.tensors[name]
+            piece = buf[a - start:b - start]
+            if (a - start) % torch.tensor([], dtype=dtype).element_size():
+                piece = piece.clone()
+            out[part] = piece.view(dtype).reshape(shape)
+        return out
+
+
+def entry_ranges(rf: RecordFile, storage: str, kv_shape, keys, prefix: str = "kv.") -> dict:
+    """Check the entries' names, types and shapes against the layout and return where each lies:
+    ``key -> (start, end, [(part, name)])`` with ``start = None`` when the parts are not adjacent
+    (files written by :class:`RecordWriter` always have them adjacent; version 1 files need not)."""
+    parts = entry_parts(storage, kv_shape)
+    out = {}
+    for key in keys:
+        names, spans = [], []
+        for part, dtype, shape in parts:
+            name = f"{prefix}{part}.{entry_key(*key)}"
+            info = rf.tensors.get(name)
+            if info is None:
+                raise KVStoreError(f"missing tensor {name}")
+            if info[0] != dtype:
+                raise KVStoreError(f"tensor {name} is {info[0]}, expected {dtype} ({storage})")
+            if tuple(info[1]) != tuple(shape):
+                raise KVStoreError(f"tensor {name} has shape {tuple(info[1])}, expected {tuple(shape)}")
+            names.append((part, name))
+            spans.append((info[2], info[3]))
+        order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+        ok = all(spans[order[i]][1] == spans[order[i + 1]][0] for i in range(len(order) - 1))
+        out[key] = (spans[order[0]][0] if ok else None, spans[order[-1]][1], names)
+    return out
+
+
+class DiskKVStore(Replay):
+    """Keys/values streamed from a record file: a reader thread reads entries in use order,
+    at most ``depth`` ahead of the one in use; :meth:`get` dequantises at use.
+
+    ``wait_s`` sums the time :meth:`get` waited for the disk; ``bytes_read`` what was read."""
+
+    def __init__(self, rf: RecordFile, storage: str, kv_shape, ranges: dict, depth: int = 4):
+        self.rf, self.storage, self.kv_shape = rf, storage, tuple(kv_shape)
+        self.entries = ranges
+        self.device = torch.device("cpu")
+        self.host_device = torch.device("cpu")
+        self.depth = max(1, int(depth))
+        self.pin = False
+        self.wait_s = 0.0
+        self.bytes_read = 0
+        self.peak_bytes = 0
+        self._lock = threading.Condition()
+        self._ready: deque = deque()  # (key, parts or exception)
+        self._plan: list = []         # keys the reader will read next
+        self._generation = 0
+        self._thread = None
+        self._pool: list = []     # read buffers for reuse (CPU path)
+        self._owner: dict = {}    # id(parts) -> the buffer they view
+
+    @property
+    def path(self) -> str:
+        return self.rf.path
+
+    def keys(self):
+        return self.entries.keys()
+
+    def has_key(self, key) -> bool:
+        return key in self.entries
+
+    def has(self, step, block) -> bool:
+        return norm_key(step, block) in self.entries
+
+    def steps(self) -> list[int]:
+        return sorted({k[0] for k in self.entries})
+
+    def blocks(self) -> list[tuple[str, int]]:
+        return sorted({k[1] for k in self.entries})
+
+    def nbytes(self) -> int:
+        return sum(sum(self.rf.tensors[n][3] - self.rf.tensors[n][2] for _, n in names)
+                   for _, _, names in self.entries.values())
+
+    def token_count(self) -> int:
+        return self.kv_shape[2] if self.entries else 0
+
+    def entry_bytes(self) -> int:
+        return max((sum(self.rf.tensors[n][3] - self.rf.tensors[n][2] for _, n in names)
+                    for _, _, names in self.entries.values()), default=0)
+
+    def _transfer(self, device):
+        t = super()._transfer(device)
+        if t is not None and device.type == "cuda":
+            self.pin = True  # page-locked buffers, so the side stream's copies run asynchronously
+        return t
+
+    # -- reader thread
+    def _run(self, generation: int) -> None:
+        while True:
+            with self._lock:
+                while (generation == self._generation and
+                       (not self._plan or len(self._ready) >= self.depth)):
+                    self._lock.wait()
+                if generation != self._generation:
+                    return
+                key = self._plan.pop(0)
+            try:
+                buf = None if self.pin else self._take_buffer()
+                parts = self.rf.read_entry(key, self.entries[key], pin=self.pin, buf=buf)
+                if buf is not None:
+                    self._owner[id(parts)] = buf
+            except BaseException as e:  # noqa: BLE001 - handed to the reader of this entry
+                parts = e
+            with self._lock:
+                if generation != self._generation:
+                    return
+                self._ready.append((key, parts))
+                held = sum(sum(t.numel() * t.element_size() for t in p.values()) for _, p in self._ready if isinstance(p, dict))
+                self.peak_bytes = max(self.peak_bytes, held)
+                self._lock.notify_all()
+
+    def _restart(self, key) -> None:
+        order = self.use_order()
+        pos = self._use_order[1][key]
+        self.stop()
+        with self._lock:
+            self._plan = list(order[pos:])
+            self._lock.notify_all()
+        self._thread = threading.Thread(target=self._run, args=(self._generation,), name="kv-record-reader",
+                                        daemon=True)
+        self._thread.start()
+
+    def host_parts(self, key) -> dict[str, torch.Tensor]:
+        with self._lock:
+            head = self._ready[0][0] if self._ready else (self._plan[0] if self._plan else None)
+        if head != key:
+            self._restart(key)
+        t0 = time.perf_counter()
+        with self._lock:
+            while not self._ready:
+                self._lock.wait()
+            got, parts = self._ready.popleft()
+            self._lock.notify_all()
+        self.wait_s += time.perf_counter() - t0
+        if isinstance(parts, BaseException):
+            self.stop()
+            raise parts
+        self.bytes_read += sum(t.numel() * t.element_size() for t in parts.values())
+        return parts
+
+    def _take_buffer(self) -> torch.Tensor:
+        with self._lock:
+            if self._pool:
+                return self._pool.pop()
+        return torch.empty(self.entry_bytes(), dtype=torch.uint8)
+
+    def after_decode(self, parts, k, v):
+        """Reuse the entry's read buffer (no allocation per block, so the heap does not
+        fragment during an edit); keys/values that are views of it are copied first."""
+        buf = self._owner.pop(id(parts), None)
+        if buf is None:
+            return k, v
+        ptr = buf.untyped_storage().data_ptr()
+        if k.untyped_storage().data_ptr() == ptr:
+            k = k.clone()
+        if v.untyped_storage().data_ptr() == ptr:
+            v = v.clone()
+        with self._lock:
+            if len(self._pool) <= self.depth + 1:
+                self._pool.append(buf)
+        return k, v
+
+    def stop(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._ready.clear()
+            self._plan = []
+            self._owner.clear()
+            self._lock.notify_all()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # it finishes the entry it is reading, then sees the new generation
+
+    def release(self) -> None:
+        super().release()
+        self.stop()
+
+    def converted(self, storage: str | None = None, device=None) -> KVStore:
+        """The keys/values read into memory (on ``device``), in another type if asked."""
+        self.rf.check_unchanged()
+        mem = KVStore(storage=self.storage, device=device if device is not None else "cpu")
+        for key in sorted(self.entries, key=use_rank):
+            mem.entries[key] = {p: t.to(mem.device) for p, t in self.rf.read_entry(key, self.entries[key]).items()}
+        mem._orders_changed()
+        mem.peak_bytes = mem.nbytes()
+        return mem if storage in (None, self.storage) else mem.converted(storage)
+
+    def begin(self) -> None:
+        """Before an edit: the file is still there and unchanged."""
+        self.rf.check_unchanged()
