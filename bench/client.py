@@ -30,6 +30,10 @@ class ComfyClient:
     def object_info(self) -> dict:
         return self._get("/object_info").json()
 
+    def node_info(self, class_type: str) -> dict:
+        """``/object_info/<class_type>``: ``{class_type: info}``, or ``{}`` when the server lacks it."""
+        return self._get(f"/object_info/{class_type}").json()
+
     def upload(self, name: str, data: bytes) -> str:
         try:
             r = self.session.post(self.url + "/upload/image", files={"image": (name, data, "image/png")},
