@@ -38,3 +38,34 @@ def test_api_workflow_does_not_fetch_the_node_list(monkeypatch, tmp_path):
 
 def test_ui_workflow_fetches_the_node_list(monkeypatch, tmp_path):
     assert _run(monkeypatch, tmp_path, UI) == ["/object_info"]
+
+
+def test_history_polling_sees_a_finished_prompt_within_a_tenth_of_its_time(monkeypatch):
+    """Fake clock: the prompt finishes at 0.27 s; the client must notice by 0.27 s + 10 % + 20 ms."""
+    from precise_edit.bench import client as client_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(client_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(client_mod.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    class Resp:
+        status_code = 200
+
+        def __init__(self, body):
+            self.body = body
+
+        def json(self):
+            return self.body
+
+    c = ComfyClient("http://127.0.0.1:1")
+    monkeypatch.setattr(c.session, "post", lambda *a, **k: Resp({"prompt_id": "p"}))
+    seen = []
+
+    def get(path, **params):
+        seen.append(clock[0])
+        done = clock[0] >= 0.27
+        return Resp({"p": {"status": {"completed": True, "status_str": "success"}, "outputs": {}}} if done else {})
+
+    monkeypatch.setattr(c, "_get", get)
+    assert c.run({}) == {}
+    assert seen[-1] <= 0.27 * 1.1 + 0.02 + 1e-9, seen
