@@ -108,9 +108,21 @@ def main(argv=None) -> int:
     return _main(args, mapping, images, args.server or ["http://127.0.0.1:8188"])
 
 
-def _main(args, mapping, images, servers) -> int:
+def _ui_format(spec: str) -> bool:
     try:
-        object_info = ComfyClient(servers[0]).object_info()
+        data = json.loads(Path(spec.rpartition("=")[2]).read_text())
+    except (OSError, ValueError):
+        return False  # load_workflow reports it
+    return isinstance(data, dict) and "nodes" in data and "links" in data
+
+
+def _main(args, mapping, images, servers) -> int:
+    client = ComfyClient(servers[0])
+    try:
+        # the full node list (every node's schema; grows with each installed node pack) is needed only
+        # to convert UI-format workflows; for API-format ones ask about EditMetrics alone
+        object_info = (client.object_info() if any(_ui_format(w) for w in args.workflow)
+                       else client.node_info("EditMetrics"))
     except ServerError as e:
         print(f"edit_bench: {e}", file=sys.stderr)
         return 2

@@ -30,6 +30,10 @@ class ComfyClient:
     def object_info(self) -> dict:
         return self._get("/object_info").json()
 
+    def node_info(self, class_type: str) -> dict:
+        """``/object_info/<class_type>``: ``{class_type: info}``, or ``{}`` when the server lacks it."""
+        return self._get(f"/object_info/{class_type}").json()
+
     def upload(self, name: str, data: bytes) -> str:
         try:
             r = self.session.post(self.url + "/upload/image", files={"image": (name, data, "image/png")},
@@ -59,7 +63,7 @@ class ComfyClient:
             raise ServerError(f"prompt rejected by {self.url}: {msg}")
         prompt_id = r.json()["prompt_id"]
         deadline = time.time() + self.timeout
-        delay = 0.02
+        start = time.perf_counter()
         while time.time() < deadline:
             hist = self._get(f"/history/{prompt_id}").json()
             entry = hist.get(prompt_id)
@@ -72,8 +76,9 @@ class ComfyClient:
                         detail = f"{detail.get('node_type')} (node {detail.get('node_id')}): {detail.get('exception_message')}"
                     raise ServerError(f"prompt failed on {self.url}: {str(detail).strip()}")
                 return entry.get("outputs", {})
-            time.sleep(delay)
-            delay = min(0.25, delay * 1.5)
+            # poll at a tenth of the time waited so far (20 ms to 250 ms): a finished prompt is seen within
+            # about 10 % of its run time (a x1.5 back-off saw a 0.27 s case at 0.41 s)
+            time.sleep(min(0.25, max(0.02, 0.1 * (time.perf_counter() - start))))
         raise ServerError(f"prompt {prompt_id} did not finish on {self.url} in {self.timeout:.0f} s")
 
     def image(self, ref: dict) -> bytes:

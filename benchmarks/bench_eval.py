@@ -6,7 +6,8 @@ A script, not a test: ``.venv/bin/python benchmarks/bench_eval.py [--repeats 3] 
    weights (no downloads): LPIPS SqueezeNet, DINO ViT-B/8 (PIE-Bench's), CLIP ViT-L/14 vision.
 2. Runner overhead: the same workflow and cases run (a) directly through the HTTP API (upload,
    queue, wait, fetch the image) and (b) by the runner (``--no-metrics``, so both do the same work),
-   interleaved, on one server started with ``--cache-none`` (nothing is reused between runs).
+   interleaved, on one server started with ``--cache-none`` (nothing is reused between runs) and
+   ``OMP_NUM_THREADS=1``; also the runner's time outside its cases (wall - sum of per-case seconds).
 3. Ray scale-out: the runner in ``--ray`` mode over one server vs two (each ``OMP_NUM_THREADS=1``),
    same cases, interleaved; throughput = cases / wall time.
 
@@ -175,6 +176,11 @@ def _runner_args(data, out, servers, wf, seed, *extra, kind="kv"):
     return a + list(extra)
 
 
+def _case_seconds(out: Path) -> float:
+    """Sum of the per-case seconds (upload, queue, wait) the runner recorded in ``out``."""
+    return sum(json.loads(f.read_text())["seconds"] for f in out.glob("cases/*/*/record.json"))
+
+
 def bench_overhead(repeats: int, steps: int, kind: str) -> None:
     from make_pie_mini import make
 
@@ -184,7 +190,9 @@ def bench_overhead(repeats: int, steps: int, kind: str) -> None:
     from precise_edit.bench.method import MetricSettings, Method, case_prompt, resolve_bindings
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
-    srv = _server(tmp, "s0", None)
+    # one thread, as in the Ray table: a multi-threaded OpenMP server on a loaded 2-core machine spins
+    # and makes one tiny case take 2 to 20 s, which buries the runner's cost in noise
+    srv = _server(tmp, "s0", 1)
     _start_all([srv])
     try:
         data = make(tmp / "pie", 64)
@@ -205,10 +213,14 @@ def bench_overhead(repeats: int, steps: int, kind: str) -> None:
                 client.image(out[binds["output"][0]]["images"][0])
             return time.perf_counter() - t
 
+        fixed = []
+
         def runner(seed):
             t = time.perf_counter()
             assert cli.main(_runner_args(data, tmp / f"run_{seed}", [srv], wf, seed, kind=kind)) == 0
-            return time.perf_counter() - t
+            wall = time.perf_counter() - t
+            fixed.append(wall - _case_seconds(tmp / f"run_{seed}"))
+            return wall
 
         direct(999)  # warm-up (imports, first model build)
         runner(998)
@@ -224,6 +236,9 @@ def bench_overhead(repeats: int, steps: int, kind: str) -> None:
         print(f"| direct API (upload, queue, wait, fetch) | {med(d):.2f} | {med(d) / n:.3f} |")
         print(f"| runner (--no-metrics) | {med(r):.2f} | {med(r) / n:.3f} |")
         print(f"| overhead | {100 * (med(r) / med(d) - 1):+.1f} % | |")
+        print(f"| runner outside its cases (wall - sum of per-case seconds: object_info, workflow, records, "
+              f"tables) | {med(fixed[1:]):.2f} | |")
+        print(f"\nload average (1 min) at the end of this table: {os.getloadavg()[0]:.1f}")
     finally:
         srv.stop()
 
@@ -243,12 +258,18 @@ def bench_ray(repeats: int, steps: int, kind: str) -> None:
         wf = _workflow(kind, tmp, servers[0].object_info(), steps)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
+        work = {1: [], 2: []}
+
         def go(srvs, seed):
             t = time.perf_counter()
-            assert cli.main(_runner_args(data, tmp / f"ray_{len(srvs)}_{seed}", srvs, wf, seed, "--ray", kind=kind)) == 0
-            return time.perf_counter() - t
+            out = tmp / f"ray_{len(srvs)}_{seed}"
+            assert cli.main(_runner_args(data, out, srvs, wf, seed, "--ray", kind=kind)) == 0
+            wall = time.perf_counter() - t
+            work[len(srvs)].append(_case_seconds(out))
+            return wall
 
         go(servers, 1)  # warm-up both servers
+        work[2].clear()
         one, two = [], []
         for i in range(repeats):
             one.append(go(servers[:1], 10 + i))
@@ -261,6 +282,9 @@ def bench_ray(repeats: int, steps: int, kind: str) -> None:
         print(f"| 1 | {med(one):.2f} | {n / med(one):.2f} |")
         print(f"| 2 | {med(two):.2f} | {n / med(two):.2f} |")
         print(f"| speed-up | {med(one) / med(two):.2f}x | |")
+        print(f"\nsum of per-case seconds, median: one server {med(work[1]):.2f} s, two servers {med(work[2]):.2f} s "
+              f"(wall - sum / servers = the run's fixed cost: Ray actors, object_info, tables); "
+              f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     finally:
         ray.shutdown()
         for s in servers:
