@@ -144,7 +144,7 @@ def _calibration_image() -> torch.Tensor:
 
 
 def _latent_std(vae) -> float:
-    return float(vae.encode(_calibration_image()).float().std())
+    return float(vae.encode(_calibration_image()).detach().float().std())
 
 
 def tiny_taesd_vae(latent_channels: int, seed: int = 0):
