@@ -37,6 +37,15 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # their loops print progress bars
 ROOT = Path(__file__).resolve().parent.parent
+if "--pytorch-attention" in sys.argv:  # ComfyUI's --use-pytorch-cross-attention (its GPU default; the
+    # CPU default is sub-quadratic attention), set before ComfyUI picks its attention function
+    sys.path.insert(0, str(Path(os.environ.get("COMFYUI_PATH", ROOT / ".host" / "ComfyUI")).resolve()))
+    import comfy.options  # noqa: E402
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args as comfy_args  # noqa: E402
+
+    comfy_args.use_pytorch_cross_attention = True
 sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (ComfyUI on sys.path, CPU, pack importable as precise_edit)
 
@@ -169,7 +178,7 @@ def timing(args, model_mod, sampling, kv) -> None:
         t1 = time.perf_counter()
         rec = ours_invert("bf16")
         t2 = time.perf_counter()
-        del ours_invert("fp32")
+        ours_invert("fp32")
         t3 = time.perf_counter()
         with torch.inference_mode():
             pipe.denoise(z0, zt, inp(1), mask[None].clone(), opts, info)
@@ -182,6 +191,9 @@ def timing(args, model_mod, sampling, kv) -> None:
                 times[n].append(dt)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); load average at the end {os.getloadavg()[0]:.1f}")
+    import comfy.ldm.modules.attention as attention
+
+    print(f"ComfyUI attention: {attention.optimized_attention.__name__} (theirs: torch SDPA)")
     print(f"ComfyUI FLUX hidden 1024, 8 heads, 2 double + 4 single blocks, fp32, CPU; {packed.shape[1]} image + "
           f"{TXT} text tokens, {steps} steps, skip {skip}, 25% mask, attn_scale 1; {args.runs} interleaved runs\n")
     print("| loop | median | best | median vs theirs | best vs theirs |\n|---|---:|---:|---:|---:|")
@@ -200,6 +212,8 @@ def main():
     ap.add_argument("--skip", type=int, default=2, help="skip steps of --time")
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs of --time")
     ap.add_argument("--time-side", type=int, default=512, help="image side (pixels) of --time")
+    ap.add_argument("--pytorch-attention", action="store_true",
+                    help="ComfyUI attention = torch SDPA (as on GPUs) instead of its CPU default (sub-quadratic)")
     args = ap.parse_args()
     model_mod, sampling, kv = authors_modules(args.checkout.resolve())
     if args.time:
