@@ -9,7 +9,8 @@ A script, not a test: ``.venv/bin/python benchmarks/bench_eval.py [--repeats 3] 
    interleaved, on one server started with ``--cache-none`` (nothing is reused between runs) and
    ``OMP_NUM_THREADS=1``; also the runner's time outside its cases (wall - sum of per-case seconds).
 3. Ray scale-out: the runner in ``--ray`` mode over one server vs two (each ``OMP_NUM_THREADS=1``),
-   same cases, interleaved; throughput = cases / wall time.
+   same cases, interleaved; throughput = cases / wall time, and cases / processing time (first case
+   start to last case end, from the runner's records), which leaves out the run's fixed start-up.
 
 Workflows: the tiny-model KV-Edit example (``example_workflows/KV-Edit - edit a masked region (FLUX.1-dev).json`` with the test fixtures'
 loaders, 8 steps) on the shipped mini data set scaled to 64 px. Medians of ``--repeats`` runs.

@@ -261,39 +261,34 @@ def main():
                                                args.steps, guided, "fp32", "cpu", mask_resize="bilinear",
                                                sigmas=sigmas.clone()).args[0]
         rec = records[guided]
-        if True:
-            if True:
-                if True:
-                    opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
-                                skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt, re_init=reinit)
-                    torch.manual_seed(100 + skip)
-                    noise_packed = torch.randn_like(packed)  # what their re_init draws (randn_like(zt))
-                    torch.manual_seed(100 + skip)
-                    with torch.inference_mode():
-                        ref = pipeline(kv.Flux_kv_edit, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
-                                                                mask[None].clone(), opts)
-                    out = KVEditSampler.execute(comfy, rec, cond(tgt_txt, tgt_vec, g_tgt), 0, skip, reinit, scale,
-                                                "authors code", noise=Noise(unpack(noise_packed)),
-                                                reinit_from="clean latent (authors' code)").args[0]["samples"]
-                    d = (fmt.process_in(out.clone()) - ref).abs().max().item()
-                    rows.append(d)
-                    print(f"| KV-Edit (inversion) | {guided} | {scale} | {skip} | {reinit} | {d:.2e} |")
+        opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
+                    skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt, re_init=reinit)
+        torch.manual_seed(100 + skip)
+        noise_packed = torch.randn_like(packed)  # what their re_init draws (randn_like(zt))
+        torch.manual_seed(100 + skip)
+        with torch.inference_mode():
+            ref = pipeline(kv.Flux_kv_edit, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
+                                                    mask[None].clone(), opts)
+        out = KVEditSampler.execute(comfy, rec, cond(tgt_txt, tgt_vec, g_tgt), 0, skip, reinit, scale,
+                                    "authors code", noise=Noise(unpack(noise_packed)),
+                                    reinit_from="clean latent (authors' code)").args[0]["samples"]
+        d = (fmt.process_in(out.clone()) - ref).abs().max().item()
+        rows.append(d)
+        print(f"| KV-Edit (inversion) | {guided} | {scale} | {skip} | {reinit} | {d:.2e} |")
     for guided, scale, skip in ((False, 1.0, 2), (True, 1.0, 0), (True, 0.0, 2), (False, 0.0, 0)):
-        if True:
-            if True:
-                opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
-                            skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt)
-                noise = torch.randn(packed.shape, generator=torch.Generator().manual_seed(0))  # as their loop draws
-                with torch.inference_mode():
-                    ref = pipeline(kv.Flux_kv_edit_inf, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
-                                                                mask[None].clone(), opts)
-                out = KVEditInversionFree.execute(comfy, {"samples": user.clone()}, mask, cond(src_txt, src_vec, g_src),
-                                                  cond(tgt_txt, tgt_vec, g_tgt), args.steps, skip, 0, scale, "fp32",
-                                                  sigmas=sigmas.clone(), noise=Noise(unpack(noise)),
-                                                  mask_guided=guided, mask_resize="bilinear").args[0]["samples"]
-                d = (fmt.process_in(out.clone()) - ref).abs().max().item()
-                rows.append(d)
-                print(f"| inversion-free | {guided} | {scale} | {skip} | - | {d:.2e} |")
+        opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
+                    skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt)
+        noise = torch.randn(packed.shape, generator=torch.Generator().manual_seed(0))  # as their loop draws
+        with torch.inference_mode():
+            ref = pipeline(kv.Flux_kv_edit_inf, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
+                                                        mask[None].clone(), opts)
+        out = KVEditInversionFree.execute(comfy, {"samples": user.clone()}, mask, cond(src_txt, src_vec, g_src),
+                                          cond(tgt_txt, tgt_vec, g_tgt), args.steps, skip, 0, scale, "fp32",
+                                          sigmas=sigmas.clone(), noise=Noise(unpack(noise)),
+                                          mask_guided=guided, mask_resize="bilinear").args[0]["samples"]
+        d = (fmt.process_in(out.clone()) - ref).abs().max().item()
+        rows.append(d)
+        print(f"| inversion-free | {guided} | {scale} | {skip} | - | {d:.2e} |")
     worst = max(rows)
     print(f"\nlargest difference {worst:.2e} (tolerance {TOL:.0e}): {'PASS' if worst <= TOL else 'FAIL'}")
     sys.exit(0 if worst <= TOL else 1)
