@@ -183,7 +183,7 @@ def execute_case(url: str, method: Method, case: dict, image_png: bytes, mask_pn
     refs = outputs.get(out_id, {}).get("images", [])
     for i, ref in enumerate(refs):
         files[f"edited_{i}.png" if i else "edited.png"] = client.image(ref)
-    record = {"seconds": seconds, "server": url, "status": "ok", "error": ""}
+    record = {"seconds": seconds, "finished_at": time.time(), "server": url, "status": "ok", "error": ""}
     if metrics.enabled:
         rows = json.loads(outputs.get(METRICS_ID, {}).get("edit_metrics", ["[]"])[0])
         if not rows:

@@ -8,6 +8,8 @@ resumable output folder as a local run.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import ray
 from ray.util import ActorPool
 
@@ -27,9 +29,9 @@ class ServerWorker:
             return key, self.url, None, str(e)
 
 
-def run_on_ray(jobs, cfg, bar) -> None:
-    from .runner import _case_dict, _finish
-
+def run_on_ray(jobs, cfg, bar, finish) -> None:
+    """Run ``jobs`` (the runner's prepared cases) over ``cfg.servers``; ``finish(job, result, error,
+    attempts, cfg)`` writes each result as a local run would."""
     import sys
 
     # the pack is not importable by name in Ray's worker processes: ship this package by value
@@ -43,7 +45,7 @@ def run_on_ray(jobs, cfg, bar) -> None:
 
     def submit(actor, k):
         j = jobs[k]
-        return actor.run.remote(k, j.method, _case_dict(j.case), j.image_png, j.mask_png, cfg.metrics)
+        return actor.run.remote(k, j.method, asdict(j.case), j.image_png, j.mask_png, cfg.metrics)
 
     pool = ActorPool(actors)
     pending_retries = []
@@ -64,5 +66,5 @@ def run_on_ray(jobs, cfg, bar) -> None:
             if others:  # retry on another server
                 pending_retries.append((k, others[0]))
                 continue
-        _finish(jobs[k], out, " / ".join(errors[k]), len(tried[k]), cfg)
+        finish(jobs[k], out, " / ".join(errors[k]), len(tried[k]), cfg)
         bar.update(1)

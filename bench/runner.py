@@ -32,7 +32,7 @@ from .dataset import Case, case_inputs, mask_png, rgba_with_mask
 from .method import MetricSettings, Method, execute_case
 
 ROW_COLUMNS = ["case_id", "method", "method_dir", "editing_type_id", "editing_type", "status", "error", "seconds",
-               "server", "attempts", "mask_convention", "notes", "edited_image"]
+               "finished_at", "server", "attempts", "mask_convention", "notes", "edited_image"]
 
 
 @dataclass
@@ -111,17 +111,13 @@ def _finish(job: Job, result: dict | None, error: str, attempts: int, cfg: RunCo
     return rec
 
 
-def _case_dict(case: Case) -> dict:
-    return asdict(case)
-
-
 def _run_local(jobs: list[Job], cfg: RunConfig, bar) -> None:
     for k, job in enumerate(jobs):
         result, errors = None, []
         order = cfg.servers[k % len(cfg.servers):] + cfg.servers[:k % len(cfg.servers)]
         for url in order:  # a failed case is retried on the next server
             try:
-                result = execute_case(url, job.method, _case_dict(job.case), job.image_png, job.mask_png, cfg.metrics)
+                result = execute_case(url, job.method, asdict(job.case), job.image_png, job.mask_png, cfg.metrics)
                 break
             except ServerError as e:
                 errors.append(str(e))
@@ -157,7 +153,7 @@ def run(cfg: RunConfig, cases: list[Case]) -> dict:
     if cfg.use_ray:
         from .ray_mode import run_on_ray
 
-        run_on_ray(ready, cfg, bar)
+        run_on_ray(ready, cfg, bar, _finish)
     else:
         _run_local(ready, cfg, bar)
     bar.close()

@@ -17,6 +17,13 @@ nodes in "authors code" mode, the noise their code draws passed as a NOISE input
 
 Prints one row per setting with the largest absolute difference of the final latent (model
 space) and exits non-zero when any exceeds the tolerance (1e-4).
+
+``--time`` times the two side by side instead (the performance item of the fidelity issue):
+ComfyUI's FLUX at hidden 1024 (8 heads, 2 double + 4 single blocks, fp32, CPU), a 512x512
+image (1024 image tokens) with 512 text tokens, 8 steps, skip 2, a 25% mask; their
+``inverse`` (which runs the steps after ``skip`` only) against KVInvert with
+``record_from_step = skip`` (bf16 and fp32 records, in CPU memory), their ``denoise`` against
+KVEditSampler; interleaved, one warm-up round dropped, median and best of ``--runs``.
 """
 from __future__ import annotations
 
@@ -30,6 +37,15 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # their loops print progress bars
 ROOT = Path(__file__).resolve().parent.parent
+if "--pytorch-attention" in sys.argv:  # ComfyUI's --use-pytorch-cross-attention (its GPU default; the
+    # CPU default is sub-quadratic attention), set before ComfyUI picks its attention function
+    sys.path.insert(0, str(Path(os.environ.get("COMFYUI_PATH", ROOT / ".host" / "ComfyUI")).resolve()))
+    import comfy.options  # noqa: E402
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args as comfy_args  # noqa: E402
+
+    comfy_args.use_pytorch_cross_attention = True
 sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (ComfyUI on sys.path, CPU, pack importable as precise_edit)
 
@@ -81,8 +97,8 @@ def authors_modules(path: Path):
     return model, sampling, kv
 
 
-def their_model(model_mod, comfy_model):
-    cfg = tm.flux_config()
+def their_model(model_mod, comfy_model, **size):
+    cfg = tm.flux_config(**size)
     p = model_mod.FluxParams(in_channels=64, vec_in_dim=cfg["vec_in_dim"], context_in_dim=cfg["context_in_dim"],
                              hidden_size=cfg["hidden_size"], mlp_ratio=cfg["mlp_ratio"], num_heads=cfg["num_heads"],
                              depth=cfg["depth"], depth_single_blocks=cfg["depth_single_blocks"],
@@ -107,13 +123,101 @@ class Opts:
         self.__dict__.update(kw)
 
 
+def packed_ids(h: int, w: int) -> torch.Tensor:
+    """Their image position ids for an ``h x w`` pixel image."""
+    ids = torch.zeros(h // 16, w // 16, 3)
+    ids[..., 1] += torch.arange(h // 16)[:, None]
+    ids[..., 2] += torch.arange(w // 16)[None, :]
+    return ids.reshape(1, -1, 3)
+
+
+def timing(args, model_mod, sampling, kv) -> None:
+    import platform
+    import statistics
+    import time
+
+    side = args.time_side
+    size = dict(hidden=1024, heads=8, depth=2, single=4)
+    torch.manual_seed(0)
+    comfy = tm.tiny_flux(0, **size)
+    theirs = their_model(model_mod, comfy, **size)
+    fmt = comfy.model.latent_format
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 16, side // 8, side // 8, generator=gen)
+    txt = [torch.randn(1, TXT, tm.FLUX_CONTEXT, generator=gen) for _ in range(2)]
+    vec = [torch.randn(1, tm.FLUX_VEC, generator=gen) for _ in range(2)]
+    mask = torch.zeros(1, side, side)
+    q = side // 2
+    mask[0, q // 2: q // 2 + q, q // 2: q // 2 + q] = 1  # 25% of the image, on the token grid
+    packed = rearrange(z, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
+    ids = packed_ids(side, side)
+    steps, skip = args.steps, args.skip
+    sigmas = torch.tensor(sampling.get_schedule(steps, packed.shape[1], shift=True), dtype=torch.float32)
+    opts = Opts(height=side, width=side, attn_mask=False, attn_scale=1.0, denoise_num_steps=steps,
+                skip_step=skip, inversion_guidance=1.5, denoise_guidance=5.5, re_init=False)
+    user = fmt.process_out(z.clone())
+    pipe = pipeline(kv.Flux_kv_edit, theirs)
+
+    def inp(i):
+        return {"img": packed.clone(), "img_ids": ids.clone(), "txt": txt[i].clone(),
+                "txt_ids": torch.zeros(1, TXT, 3), "vec": vec[i].clone()}
+
+    def cond(i, g):
+        return [[txt[i].clone(), {"pooled_output": vec[i].clone(), "guidance": g}]]
+
+    def ours_invert(storage):
+        return KVInvert.execute(comfy, {"samples": user.clone()}, mask, cond(0, 1.5), steps, False, storage, "cpu",
+                                record_from_step=skip, mask_resize="bilinear", sigmas=sigmas.clone()).args[0]
+
+    names = ("their inverse", "KVInvert bf16", "KVInvert fp32", "their denoise", "KVEditSampler (bf16 record)")
+    times = {n: [] for n in names}
+    for r in range(args.runs + 1):  # round 0 warms up and is dropped
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            z0, zt, info = pipe.inverse(inp(0), mask[None].clone(), opts)
+        t1 = time.perf_counter()
+        rec = ours_invert("bf16")
+        t2 = time.perf_counter()
+        ours_invert("fp32")
+        t3 = time.perf_counter()
+        with torch.inference_mode():
+            pipe.denoise(z0, zt, inp(1), mask[None].clone(), opts, info)
+        t4 = time.perf_counter()
+        KVEditSampler.execute(comfy, rec, cond(1, 5.5), 0, skip, False, 1.0, "paper")
+        t5 = time.perf_counter()
+        del info, rec
+        if r:
+            for n, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                times[n].append(dt)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); load average at the end {os.getloadavg()[0]:.1f}")
+    import comfy.ldm.modules.attention as attention
+
+    print(f"ComfyUI attention: {attention.optimized_attention.__name__} (theirs: torch SDPA)")
+    print(f"ComfyUI FLUX hidden 1024, 8 heads, 2 double + 4 single blocks, fp32, CPU; {packed.shape[1]} image + "
+          f"{TXT} text tokens, {steps} steps, skip {skip}, 25% mask, attn_scale 1; {args.runs} interleaved runs\n")
+    print("| loop | median | best | median vs theirs | best vs theirs |\n|---|---:|---:|---:|---:|")
+    for n in names:
+        ref = times["their inverse" if "nvert" in n or "inverse" in n else "their denoise"]
+        med, best = statistics.median(times[n]), min(times[n])
+        print(f"| {n} | {med:.2f} s | {best:.2f} s | {med / statistics.median(ref):.2f}x | {best / min(ref):.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkout", type=Path, help="path of a Xilluill/KV-Edit checkout (77129a2)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--full", action="store_true", help="every combination (slow) instead of a spread of them")
+    ap.add_argument("--time", action="store_true", help="time the loops side by side instead of comparing")
+    ap.add_argument("--skip", type=int, default=2, help="skip steps of --time")
+    ap.add_argument("--runs", type=int, default=3, help="interleaved runs of --time")
+    ap.add_argument("--time-side", type=int, default=512, help="image side (pixels) of --time")
+    ap.add_argument("--pytorch-attention", action="store_true",
+                    help="ComfyUI attention = torch SDPA (as on GPUs) instead of its CPU default (sub-quadratic)")
     args = ap.parse_args()
     model_mod, sampling, kv = authors_modules(args.checkout.resolve())
+    if args.time:
+        return timing(args, model_mod, sampling, kv)
     torch.manual_seed(0)
     comfy = tm.tiny_flux(0)
     theirs = their_model(model_mod, comfy)
@@ -127,10 +231,7 @@ def main():
     mask = ((((yy - 30) ** 2 / 300 + (xx - 50) ** 2 / 90) < 1)).float()[None]  # [1, H, W]
     mask[0, 5:9, 70:90] = 1
     packed = rearrange(z, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
-    ids = torch.zeros(H // 16, W // 16, 3)
-    ids[..., 1] += torch.arange(H // 16)[:, None]
-    ids[..., 2] += torch.arange(W // 16)[None, :]
-    ids = ids.reshape(1, -1, 3)
+    ids = packed_ids(H, W)
 
     def inp(txt, vec):
         return {"img": packed.clone(), "img_ids": ids.clone(), "txt": txt.clone(), "txt_ids": torch.zeros(1, TXT, 3),
@@ -160,39 +261,34 @@ def main():
                                                args.steps, guided, "fp32", "cpu", mask_resize="bilinear",
                                                sigmas=sigmas.clone()).args[0]
         rec = records[guided]
-        if True:
-            if True:
-                if True:
-                    opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
-                                skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt, re_init=reinit)
-                    torch.manual_seed(100 + skip)
-                    noise_packed = torch.randn_like(packed)  # what their re_init draws (randn_like(zt))
-                    torch.manual_seed(100 + skip)
-                    with torch.inference_mode():
-                        ref = pipeline(kv.Flux_kv_edit, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
-                                                                mask[None].clone(), opts)
-                    out = KVEditSampler.execute(comfy, rec, cond(tgt_txt, tgt_vec, g_tgt), 0, skip, reinit, scale,
-                                                "authors code", noise=Noise(unpack(noise_packed)),
-                                                reinit_from="clean latent (authors' code)").args[0]["samples"]
-                    d = (fmt.process_in(out.clone()) - ref).abs().max().item()
-                    rows.append(d)
-                    print(f"| KV-Edit (inversion) | {guided} | {scale} | {skip} | {reinit} | {d:.2e} |")
+        opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
+                    skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt, re_init=reinit)
+        torch.manual_seed(100 + skip)
+        noise_packed = torch.randn_like(packed)  # what their re_init draws (randn_like(zt))
+        torch.manual_seed(100 + skip)
+        with torch.inference_mode():
+            ref = pipeline(kv.Flux_kv_edit, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
+                                                    mask[None].clone(), opts)
+        out = KVEditSampler.execute(comfy, rec, cond(tgt_txt, tgt_vec, g_tgt), 0, skip, reinit, scale,
+                                    "authors code", noise=Noise(unpack(noise_packed)),
+                                    reinit_from="clean latent (authors' code)").args[0]["samples"]
+        d = (fmt.process_in(out.clone()) - ref).abs().max().item()
+        rows.append(d)
+        print(f"| KV-Edit (inversion) | {guided} | {scale} | {skip} | {reinit} | {d:.2e} |")
     for guided, scale, skip in ((False, 1.0, 2), (True, 1.0, 0), (True, 0.0, 2), (False, 0.0, 0)):
-        if True:
-            if True:
-                opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
-                            skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt)
-                noise = torch.randn(packed.shape, generator=torch.Generator().manual_seed(0))  # as their loop draws
-                with torch.inference_mode():
-                    ref = pipeline(kv.Flux_kv_edit_inf, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
-                                                                mask[None].clone(), opts)
-                out = KVEditInversionFree.execute(comfy, {"samples": user.clone()}, mask, cond(src_txt, src_vec, g_src),
-                                                  cond(tgt_txt, tgt_vec, g_tgt), args.steps, skip, 0, scale, "fp32",
-                                                  sigmas=sigmas.clone(), noise=Noise(unpack(noise)),
-                                                  mask_guided=guided, mask_resize="bilinear").args[0]["samples"]
-                d = (fmt.process_in(out.clone()) - ref).abs().max().item()
-                rows.append(d)
-                print(f"| inversion-free | {guided} | {scale} | {skip} | - | {d:.2e} |")
+        opts = Opts(height=H, width=W, attn_mask=guided, attn_scale=scale, denoise_num_steps=args.steps,
+                    skip_step=skip, inversion_guidance=g_src, denoise_guidance=g_tgt)
+        noise = torch.randn(packed.shape, generator=torch.Generator().manual_seed(0))  # as their loop draws
+        with torch.inference_mode():
+            ref = pipeline(kv.Flux_kv_edit_inf, theirs)(inp(src_txt, src_vec), inp(tgt_txt, tgt_vec),
+                                                        mask[None].clone(), opts)
+        out = KVEditInversionFree.execute(comfy, {"samples": user.clone()}, mask, cond(src_txt, src_vec, g_src),
+                                          cond(tgt_txt, tgt_vec, g_tgt), args.steps, skip, 0, scale, "fp32",
+                                          sigmas=sigmas.clone(), noise=Noise(unpack(noise)),
+                                          mask_guided=guided, mask_resize="bilinear").args[0]["samples"]
+        d = (fmt.process_in(out.clone()) - ref).abs().max().item()
+        rows.append(d)
+        print(f"| inversion-free | {guided} | {scale} | {skip} | - | {d:.2e} |")
     worst = max(rows)
     print(f"\nlargest difference {worst:.2e} (tolerance {TOL:.0e}): {'PASS' if worst <= TOL else 'FAIL'}")
     sys.exit(0 if worst <= TOL else 1)

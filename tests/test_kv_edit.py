@@ -310,10 +310,21 @@ def test_record_for_another_model_latent_or_mask(flux):
 
 
 def test_record_from_step_shrinks_the_record(flux):
+    import comfy.patcher_extension as pe
+
     latent, mask = source_latent(), pixel_mask("irregular")
-    full, _, _ = invert(flux, latent, mask, steps=6)
-    part, _, _ = invert(flux, latent, mask, steps=6, record_from_step=2)
+    full, full_inv, _ = invert(flux, latent, mask, steps=6)
+    calls = []
+    counted = flux.clone()  # counts the inversion's model evaluations
+    counted.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "count",
+                                 lambda executor, *a, **k: calls.append(1) or executor(*a, **k))
+    part, part_inv, _ = invert(counted, latent, mask, steps=6, record_from_step=2)
     assert part.store.steps() == [2, 3, 4, 5] and part.store.nbytes() * 6 == full.store.nbytes() * 4
+    # the steps below record_from_step are not run (no edit reads them), as in the authors' inversion
+    assert len(calls) == 4
+    assert torch.equal(part.trajectory[2:], full.trajectory[2:])
+    assert torch.equal(part_inv["samples"], flux.model.latent_format.process_out(full.trajectory[2].clone()))
+    assert not torch.equal(part_inv["samples"], full_inv["samples"])
     assert torch.equal(edit(flux, part, skip=2), edit(flux, full, skip=2))
     with pytest.raises(NodeInputError, match=r"record starts at step 2 .* use skip_steps >= 2"):
         edit(flux, part, skip=1)

@@ -61,7 +61,7 @@ def _interrupted():
 @dataclass
 class InvertResult:
     record: BackgroundRecord
-    inverted: torch.Tensor  # user space latent at s_0
+    inverted: torch.Tensor  # user space latent at s_record_from (s_0 when every step is recorded)
 
 
 @torch.no_grad()
@@ -73,6 +73,8 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
     """Euler inversion from the source latent to ``s_0`` recording background keys/values
     of every interval ``i >= record_from`` (``z_i = z_{i+1} + (s_i - s_{i+1}) v(z_{i+1}, s_{i+1})``).
     ``all_tokens`` records every image token instead, so any mask can be painted later.
+    Steps below ``record_from`` are not run (no edit reads them): the inverted latent returned
+    is then the one at ``s_record_from``, and those trajectory rows stay zero.
 
     With ``record_path`` the keys/values go to that file as they are recorded (at most
     ``depth`` entries queued) and the returned record streams from it. ``base`` is the
@@ -95,6 +97,9 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
     controller = TokenController(geo["n_single"], "flux")
     probe = VelocityProbe()
     traj: list[torch.Tensor | None] = [None] * (n + 1)
+    # an edit starts at z_skip with skip >= record_from and reads z_skip .. z_n only: the steps
+    # below record_from are not computed (the authors' inversion also stops at its skip step)
+    stop = record_from if bg_idx.numel() else 0
 
     def loop(model_wrap, sig, extra_args, callback, noise, x0):
         mo = extra_args["model_options"]
@@ -102,7 +107,7 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
         probe.install(mo)
         traj[n] = x0.float()
         s_in = x0.new_ones(x0.shape[0])
-        for i in reversed(range(n)):
+        for i in reversed(range(stop, n)):
             _interrupted()
             step = i
 
@@ -120,7 +125,9 @@ def invert(model, latent: torch.Tensor, masks: TokenMasks, positive, sigmas: tor
             controller.plan = None
             if progress is not None:
                 progress.update(1)
-        return traj[0].to(x0.dtype)
+        for i in range(stop):
+            traj[i] = torch.zeros_like(traj[stop])  # never read: edits start at or after record_from
+        return traj[stop].to(x0.dtype)
 
     guider = _guider(model, positive)
     try:

@@ -48,8 +48,9 @@ class KVInvert(io.ComfyNode):
                                        "editing), the compute device (fastest, uses VRAM), or disk (written "
                                        "while inverting, streamed block by block while editing)."),
                 io.Int.Input("record_from_step", default=0, min=0, max=199,
-                             tooltip="The smallest skip_steps you will edit with: earlier steps are not "
-                                     "recorded, which shrinks the record (0 = record every step)."),
+                             tooltip="The smallest skip_steps you will edit with: earlier steps are neither "
+                                     "inverted nor recorded, which shrinks the record and shortens the "
+                                     "inversion (0 = every step)."),
                 io.Combo.Input("mask_resize", options=list(RESIZE_MODES), default="touched",
                                tooltip="Pixel mask to latent pixels: touched (bilinear, plus every latent pixel "
                                        "a brush stroke touches) or bilinear (exactly as the authors' code, for "
@@ -70,7 +71,8 @@ class KVInvert(io.ComfyNode):
             ],
             outputs=[
                 BackgroundKV.Output("background_kv", tooltip="The background record for KV-Edit samplers."),
-                io.Latent.Output("inverted", tooltip="The fully inverted latent (at the first sigma)."),
+                io.Latent.Output("inverted", tooltip="The inverted latent at the first recorded step (the first sigma when "
+                                                            "record_from_step is 0)."),
             ],
         )
 
