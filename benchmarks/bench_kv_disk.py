@@ -84,7 +84,7 @@ def phase_write(path: str, storage: str, steps: int) -> dict:
 
 
 def phase_read(path: str, storage: str, steps: int, depth: int, warm: bool = False) -> dict:
-    from precise_edit.kernels.kv_disk import DiskKVStore, RecordFile, entry_ranges
+    from precise_edit.kernels.kv_disk_read import DiskKVStore, RecordFile, entry_ranges
 
     fd = os.open(path, os.O_RDONLY)
     if warm:  # the file in the page cache: what the reader itself costs

@@ -2,7 +2,7 @@
 and its safetensors file format.
 
 A record's keys/values live in memory (:class:`~.kv_store.KVStore`, CPU or compute device)
-or stay in their file and stream from it (:class:`~.kv_disk.DiskKVStore`);
+or stay in their file and stream from it (:class:`~.kv_disk_read.DiskKVStore`);
 :class:`DiskRecordSink` writes a record to disk while the inversion runs.
 
 File layout (safetensors, never pickle; written by :mod:`.kv_disk`): tensors ``trajectory`` (float32
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kv_disk import (DiskKVStore, DiskRecordError, Layout, RecordFile, RecordWriter, entry_name, entry_ranges,
-                      record_bytes)
+from .kv_disk import DiskRecordError, Layout, RecordWriter, entry_name, record_bytes
+from .kv_disk_read import DiskKVStore, RecordFile, entry_ranges
 from .kv_store import KVStore, KVStoreError, STORAGE_TYPES
 
 FORMAT = "comfyui-precise-edit/background-kv"
