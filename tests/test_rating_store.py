@@ -207,3 +207,20 @@ def test_items_from_arrays_checks_batches():
                  ([a], ["x"], ["i"])):
         with pytest.raises(Invalid):
             studies.items_from_arrays(src, *args)
+
+
+def test_cli_makes_a_study_from_a_csv(tmp_path, capsys):
+    from precise_edit.bench.rating_cli import main
+
+    for name, color in (("src.png", "red"), ("a.png", "green"), ("b.png", "blue")):
+        Image.new("RGB", (8, 8), color).save(tmp_path / name)
+    (tmp_path / "pairs.csv").write_text("source,instruction,method,edited\nsrc.png,go,ma,a.png\nsrc.png,go,mb,b.png\n")
+    assert main(["--csv", str(tmp_path / "pairs.csv"), "--user-dir", str(tmp_path / "user")]) == 0
+    out = capsys.readouterr().out
+    st = RatingStore(tmp_path / "user" / "precise_edit" / "rating")
+    [study] = st.list_studies()
+    assert study["items"] == 1 and f"/rate/{study['id']}#key=" in out
+    owner = out.split("#owner=")[1].split()[0]
+    assert st.check_owner(study["id"], owner)["name"] == "pairs.csv"
+    (tmp_path / "bad.csv").write_text("source,instruction\n")
+    assert main(["--csv", str(tmp_path / "bad.csv"), "--user-dir", str(tmp_path / "user")]) == 2
