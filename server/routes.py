@@ -65,8 +65,8 @@ def _errors(handler):
             return _not_found()
         except Invalid as e:
             return _json({"error": str(e)}, 400)
-        except Duplicate:
-            return _json({"error": "this item is already answered (undo it first to change it)"}, 409)
+        except Duplicate as e:
+            return _json({"error": str(e)}, 409)
         except web.HTTPRequestEntityTooLarge:
             return _json({"error": f"the body is over {MAX_BODY} bytes"}, 413)
         except sqlite3.OperationalError as e:

@@ -60,7 +60,10 @@ class Invalid(ValueError):
 
 
 class Duplicate(Exception):
-    """This rater already answered this item: answered 409."""
+    """This rater already answered this item, or a rater name is taken: answered 409."""
+
+    def __init__(self, message: str = "this item is already answered (undo it first to change it)"):
+        super().__init__(message)
 
 
 def _hash(token: str) -> str:
@@ -155,8 +158,8 @@ class RatingStore:
 
     # ---- raters -------------------------------------------------------------------------------
     def join(self, sid: str, rater_key: str, name: str) -> str:
-        """A rater token for ``name`` in study ``sid`` (the study's rater key is needed). Joining again
-        under the same name gives a new token to the same rater (answers are kept)."""
+        """A rater token for ``name`` in study ``sid`` (the study's rater key is needed). A name already
+        taken in the study is refused: nobody can take over another rater's answers by typing their name."""
         if not STUDY_RE.match(sid or ""):
             raise NotFound
         name = (name or "").strip()
@@ -167,8 +170,9 @@ class RatingStore:
             row = c.execute("SELECT rater_key FROM studies WHERE id=?", (sid,)).fetchone()
             if row is None or not secrets.compare_digest(row[0], str(rater_key or "")):
                 raise NotFound
-            c.execute("INSERT INTO raters (study_id, name, token_hash, created) VALUES (?,?,?,?) "
-                      "ON CONFLICT(study_id, name) DO UPDATE SET token_hash=excluded.token_hash",
+            if c.execute("SELECT 1 FROM raters WHERE study_id=? AND name=?", (sid, name)).fetchone():
+                raise Duplicate(f"the name {name!r} is taken in this study: pick another one")
+            c.execute("INSERT INTO raters (study_id, name, token_hash, created) VALUES (?,?,?,?)",
                       (sid, name, _hash(token), time.time()))
         return token
 

@@ -65,6 +65,8 @@ def test_join_needs_the_rater_key(store, study):
         store.join("ffffffffffff", made["rater_key"], "eve")
     with pytest.raises(Invalid):
         store.join(made["study"], made["rater_key"], "x" * 65)
+    with pytest.raises(Duplicate, match="taken"):     # nobody takes over ann's answers by typing her name
+        store.join(made["study"], made["rater_key"], "ann")
 
 
 def test_order_is_random_per_rater_and_stable(store, study):
