@@ -37,7 +37,7 @@ def comparisons(rows: list[dict]) -> tuple[list[str], np.ndarray]:
     for group in per_answer.values():
         for a in group:
             for b in group:
-                if a is b or a["method"] == b["method"]:
+                if a is b:   # an item never shows a method twice (the store refuses such studies)
                     continue
                 i, j = idx[a["method"]], idx[b["method"]]
                 if a["choice"] == "better":

@@ -117,6 +117,9 @@ class RatingStore:
             if len(it.edits) < 2:
                 raise Invalid(f"item {it.case_id or it.instruction!r} has {len(it.edits)} edit(s); "
                               "a study compares two or more")
+            methods = [m for m, _ in it.edits]
+            if len(set(methods)) != len(methods):
+                raise Invalid(f"item {it.case_id or it.instruction!r} shows method(s) twice: {', '.join(methods)}")
         sid, owner, rater_key = secrets.token_hex(6), secrets.token_hex(16), secrets.token_hex(8)
         folder = self.root / sid
         folder.mkdir()

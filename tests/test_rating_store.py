@@ -57,6 +57,13 @@ def test_study_owns_copies_and_serves_by_id_only(store, study):
         store.image_path(img, store.join(other["study"], other["rater_key"], "bob"))
 
 
+def test_a_study_compares_different_methods(store):
+    with pytest.raises(Invalid, match="twice"):
+        store.create_study("dup", [NewItem("x", png("red"), [("m", png("green")), ("m", png("blue"))])])
+    with pytest.raises(Invalid, match="two or more"):
+        store.create_study("one", [NewItem("x", png("red"), [("m", png("green"))])])
+
+
 def test_join_needs_the_rater_key(store, study):
     made, _ = study
     with pytest.raises(NotFound):
