@@ -6,8 +6,8 @@ id is checked against ``[0-9a-f]{24}`` and the database before a file name is fo
 text from a request ever becomes a path.
 
 Tokens (owner, rater) are stored as SHA-256 hashes; the owner token is shown once, at creation.
-Every call opens its own connection (cheap), so the store is safe from ComfyUI's worker thread and
-the server's event loop alike; writes wait at most ``busy_timeout`` seconds for a lock and then raise
+Each thread keeps its own connection (autocommit; writes in explicit ``BEGIN IMMEDIATE`` transactions),
+so the store is safe from ComfyUI's worker thread and the server's event loop alike; writes wait at most ``busy_timeout`` seconds for a lock and then raise
 :class:`sqlite3.OperationalError` (the routes turn that into "not saved").
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,18 +85,21 @@ class RatingStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "rating.sqlite"
         self.busy_timeout = busy_timeout
+        self._local = threading.local()
         with self._conn() as c:
             c.execute("PRAGMA journal_mode=WAL")
             c.executescript(SCHEMA)
 
     @contextmanager
     def _conn(self):
-        c = sqlite3.connect(self.db_path, timeout=self.busy_timeout, isolation_level=None)
-        c.execute("PRAGMA foreign_keys=ON")
-        try:
-            yield c
-        finally:
-            c.close()
+        """This thread's connection (kept open: opening one per request costs more than the query)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.db_path, timeout=self.busy_timeout, isolation_level=None,
+                                check_same_thread=True)
+            c.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = c
+        yield c
 
     @contextmanager
     def _tx(self):
