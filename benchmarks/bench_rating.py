@@ -14,6 +14,7 @@ to store ``--answers`` answers, then measures, interleaved, per round:
   answer         one POST /api/answers (validated, stored in SQLite) round trip
   undo+answer    POST /api/undo then the answer again (the undo key)
   results        the owner's /api/studies/<id>/results (all answers aggregated: CIs, BT, alpha)
+  floor          ComfyUI's own GET /queue: what one request costs on this server and machine
 
 Prints median and p95 per measure for each repeat and the median of the repeats' p95. The machine is
 shared and noisy: figures depend on its load (printed).
@@ -170,7 +171,11 @@ def main() -> None:
         def results():
             s.get(f"{url}/api/studies/{sid}/results", headers={"X-Owner-Token": made["owner_token"]}).raise_for_status()
 
-        measures = {"page load (7 requests one by one)": page_load,
+        def floor():
+            s.get(srv.url + "/queue").raise_for_status()
+
+        measures = {"ComfyUI's own GET /queue (the floor of one request)": floor,
+                    "page load (7 requests one by one)": page_load,
                     "page load (as a browser: html, js+css, items, 3 images)": lambda: page_load(parallel=True), "answer": answer, "undo+answer": undo_answer, "results (owner)": results}
         if args.rounds * args.repeats > len(items):
             raise SystemExit(f"--rounds x --repeats must be <= --items ({len(items)})")
