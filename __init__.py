@@ -5,10 +5,13 @@ ComfyUI loads this package as a custom node pack and calls :func:`comfy_entrypoi
 and tested alone.
 """
 
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "web"   # the menu entry that opens the rating studies (web/rating_menu.js)
 
 
 async def comfy_entrypoint():
     from .nodes import PreciseEditExtension
+    from .server.routes import register_on_comfy
+
+    register_on_comfy()   # the rating page's routes, on ComfyUI's own server
 
     return PreciseEditExtension()

@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .edit_region import EditRegionPreview
 from .evaluation.lmm_score import NODES as LMM_NODES
 from .evaluation.nodes import NODES as EVALUATION_NODES
+from .evaluation.rating import NODES as RATING_NODES
 from .evaluation.set_fid import NODES as FID_NODES
 from .examples import install_example_images
 from .instruct.nodes import NODES as INSTRUCT_NODES
@@ -27,4 +28,5 @@ class PreciseEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         await self.on_load()  # ComfyUI 0.3.75 does not call on_load itself
         return [EditRegionPreview, ExemplarLatentSurgery, EditStrengthMap, *KV_EDIT_NODES, *SPOT_EDIT_NODES,
-                *EVALUATION_NODES, *FID_NODES, *LMM_NODES, *INSTRUCT_NODES]
+                *EVALUATION_NODES, *FID_NODES, *LMM_NODES, *RATING_NODES,
+                *INSTRUCT_NODES]

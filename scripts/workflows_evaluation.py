@@ -56,4 +56,31 @@ def evaluate_kv_edit_flux_dev() -> Workflow:
     return wf
 
 
-WORKFLOWS = [evaluate_kv_edit_flux_dev]
+def rate_kv_edit_flux_dev() -> Workflow:
+    """People judge edits: KV-Edit's decoded edit and the same edit with the source pasted back outside the
+    mask, as two methods of a rating study (RatingStudy writes it; the rating page serves it)."""
+    wf = kv_edit_flux_dev()
+    wf.title = "rate_kv_edit_flux_dev"
+    wf.label = "Rate edits - people compare two KV-Edit outputs (FLUX.1-dev)"
+    by_type = {}
+    for n in wf.nodes:
+        by_type.setdefault(n["type"], []).append(n["id"])
+    img, dec, paste = by_type["LoadImage"][0], by_type["VAEDecode"][0], by_type["KVEditPixelPaste"][0]
+    wf.note((2120, -420), "**Rating Study** writes a blind study for people: each rater sees the source, the "
+                          "instruction and the edits side by side in a random order and rates 'instruction "
+                          "followed' and 'rest kept' (1-5) and picks the better edit (keys 1-5, A/B, T, Enter, U). "
+                          "Run the workflow, then open **Extensions > Precise Edit > Rating studies**, or the "
+                          "rater link the node shows; its owner link shows means with 95% CIs, win rates, a "
+                          "Bradley-Terry ranking and rater agreement, and exports CSV.", size=(420, 220))
+    rate = wf.node("RatingStudy", (2120, -160), widgets=["KV-Edit decoded, KV-Edit + pixel paste", INSTRUCTION,
+                                                          "KV-Edit: paste or not?"],
+                   inputs=[("source", "IMAGE"), ("edited_a", "IMAGE"), ("edited_b", "IMAGE"),
+                           ("edited_c", "IMAGE"), ("edited_d", "IMAGE")],
+                   outputs=[("rater_url", "STRING"), ("owner_url", "STRING")], size=(420, 260))
+    wf.link(img, 0, rate, "source")
+    wf.link(dec, 0, rate, "edited_a")
+    wf.link(paste, 0, rate, "edited_b")
+    return wf
+
+
+WORKFLOWS = [evaluate_kv_edit_flux_dev, rate_kv_edit_flux_dev]

@@ -112,3 +112,32 @@ def test_workflow_in_the_frontend(ui, path):
     assert not info["low_quality"], f"at scale {scale} the frontend draws nodes without their text"
     assert len(in_view) >= 0.5 * len(boxes), (
         f"only {len(in_view)} of {len(boxes)} nodes are in view at scale {scale}")
+
+
+OPEN_RATING = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const ext = (window.app.extensions || []).find(e => e.name === 'PreciseEdit.Rating');
+  const opened = [];
+  const real = window.open;
+  window.open = (u) => { opened.push(String(u)); return null; };
+  try { await window.app.extensionManager.command.execute('PreciseEdit.OpenRatingStudies'); }
+  catch (e) { opened.push('error: ' + e); }
+  finally { window.open = real; }
+  done({loaded: !!ext, menu: ext ? JSON.stringify(ext.menuCommands) : null, opened});
+})();
+"""
+
+
+def test_rating_menu_entry_opens_the_studies_list(ui):
+    """The pack's frontend extension (web/rating_menu.js) is loaded by ComfyUI's frontend; its menu
+    command opens the rating studies list, which the pack's routes serve."""
+    import requests
+
+    browser, drv = ui
+    drv.set_script_timeout(30)
+    info = drv.execute_async_script(OPEN_RATING)
+    assert info["loaded"] and "PreciseEdit.OpenRatingStudies" in info["menu"], info
+    assert len(info["opened"]) == 1 and info["opened"][0].endswith("/precise_edit/rating"), info
+    page = requests.get(info["opened"][0], timeout=30)
+    assert page.status_code == 200 and "Rating studies" in page.text
