@@ -21,6 +21,7 @@ Steps:
 --module nodes/pixels/patch.py mutates that one file only, in its own staging folder
 (.mutation/module-<name>/, with its own results), so one module's run fits in a sitting and
 does not re-run the stats of the others. Without it, every path of mutation/mutmut.toml.
+--tests tests/test_a.py ... (with --module) runs only those test files.
 """
 from __future__ import annotations
 
@@ -48,14 +49,17 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------ stage
 
-def use_module(module: str | None) -> None:
-    """Point the staging folder at .mutation/module-<name>/ for a one-module run."""
+def use_module(module: str | None, tests: list[str] | None = None) -> None:
+    """Point the staging folder at .mutation/module-<name>/ for a one-module run; ``tests``
+    (test files) replace the whole tests/ folder in that run's selection."""
     global STAGE
     if module:
         if not (PACK_DIR / module).is_file():
             sys.exit(f"--module {module}: no such file in the pack")
         STAGE = PACK_DIR / ".mutation" / ("module-" + re.sub(r"[^A-Za-z0-9]+", "_", module.removesuffix(".py")))
         os.environ["MUTATE_MODULE"] = module
+        if tests:
+            os.environ["MUTATE_TESTS"] = " ".join(tests)
 
 
 def stage_config() -> str:
@@ -66,6 +70,11 @@ def stage_config() -> str:
         text, n = re.subn(r"^source_paths = \[.*?^\]", f'source_paths = ["precise_edit/{module}"]', text,
                           count=1, flags=re.M | re.S)
         assert n == 1, "mutation/mutmut.toml: source_paths not found"
+    tests = os.environ.get("MUTATE_TESTS")
+    if tests:  # the stats run (every selected test, traced) is most of a one-module run's time
+        listed = ", ".join(f'"precise_edit/{t}"' for t in tests.split())
+        text, n = re.subn(r'^    "precise_edit/tests",$', f"    {listed},", text, count=1, flags=re.M)
+        assert n == 1, "mutation/mutmut.toml: the test folder entry is not found"
     return text
 
 
@@ -296,7 +305,7 @@ def report() -> int:
 
 
 def module_arg(args) -> list[str]:
-    return ["--module", args.module] if args.module else []
+    return (["--module", args.module] if args.module else []) + (["--tests", *args.tests] if args.tests else [])
 
 
 def main() -> int:
@@ -310,9 +319,14 @@ def main() -> int:
                     help="run the survivors of the last report again (after adding tests; mutmut keeps "
                          "earlier verdicts unless a mutant is named); with NAME_GLOBs, only those")
     ap.add_argument("--module", help="mutate this one file (path in the pack), staged on its own")
+    ap.add_argument("--tests", nargs="+", metavar="TEST_FILE",
+                    help="with --module: only these test files (those that reach the module) are run; "
+                         "a mutant they miss counts as survived, so the score is a lower bound")
     ap.add_argument("names", nargs="*", help="mutant name globs to run (default: all)")
     args = ap.parse_args()
-    use_module(args.module)
+    if args.tests and not args.module:
+        ap.error("--tests needs --module")
+    use_module(args.module, args.tests)
     if args.report_only:
         return report()
     if args.removals_only:
