@@ -78,3 +78,66 @@ def test_non_finite_exemplars_messages_name_the_fix():
         surgery(model_of("sd15"), {"samples": S}, torch.ones(1, IH, IW), [(img, None, "fit")], vae=object())
     assert str(e.value) == ("ExemplarLatentSurgery: exemplar_1 (an IMAGE) holds 2 NaN or infinite value(s); "
                             "check the node that made the image")
+
+
+class _BlockVAE:
+    """A VAE stand-in: latent channel k is the 8x8 block mean of pixel channel k % 3, plus the
+    mean over all pixel channels it is given (so an alpha channel would show); returns 4-D
+    latents, or 5-D with one frame like a video VAE."""
+
+    def __init__(self, channels, five_d):
+        self.channels, self.five_d = channels, five_d
+
+    def encode(self, pixels):
+        x = pixels.movedim(-1, 1)
+        blocks = torch.nn.functional.avg_pool2d(x, 8)
+        lat = torch.stack([blocks[:, k % 3] + blocks.mean(1) for k in range(self.channels)], 1)
+        return lat.unsqueeze(2) if self.five_d else lat
+
+
+def _image():
+    return torch.rand(1, 16, 24, 3, generator=torch.Generator().manual_seed(4))   # 2x3 latent cells
+
+
+@pytest.mark.parametrize("name,shape,five_d", [("sd15", (1, 4, LH, LW), True),
+                                               ("qwen_image", (1, 16, 1, LH, LW), False)])
+def test_image_exemplar_from_a_vae_of_the_other_dimensionality_lands(name, shape, five_d):
+    """The VAE's latent gets (or loses) the frame axis to match the source; only RGB is encoded."""
+    S = _source(shape)
+    vae = _BlockVAE(shape[1], five_d)
+    img = _image()
+    rgba = torch.cat((img, torch.zeros(1, 16, 24, 1)), -1)       # an alpha channel is ignored
+    _, latent, _ = surgery(model_of(name), {"samples": S}, _region(), [(rgba, _region(), "stretch")], vae=vae)
+    expect = _BlockVAE(shape[1], False).encode(img)
+    got = latent["samples"][:, :, 0] if len(shape) == 5 else latent["samples"]
+    assert torch.equal(got[..., 2:4, 3:6], expect)
+
+
+def test_multi_frame_exemplar_latent_gives_its_first_frame_to_every_source_frame():
+    S = _source((1, 16, 2, LH, LW))                              # a two-frame source
+    ex = torch.stack([torch.full((1, 16, 2, 3), 4.0), torch.full((1, 16, 2, 3), -4.0),
+                      torch.full((1, 16, 2, 3), 9.0)], 2)       # three frames
+    _, latent, _ = surgery(model_of("qwen_image"), {"samples": S}, _region(), [({"samples": ex}, _region(), "stretch")])
+    L = latent["samples"]
+    assert L.shape == S.shape
+    assert torch.equal(L[..., 2:4, 3:6], torch.full((1, 16, 2, 2, 3), 4.0))
+
+
+def test_exemplar_with_other_channel_count_message():
+    S = _source((1, 4, LH, LW))
+    with pytest.raises(NodeInputError) as e:
+        surgery(model_of("sd15"), {"samples": S}, _region(), [({"samples": torch.zeros(1, 16, 2, 3)}, _region(), "fit")])
+    assert str(e.value) == ("ExemplarLatentSurgery: exemplar_1 has 16 latent channels but the source has 4; "
+                            "encode it with the same VAE as the source")
+
+
+def test_nan_from_the_vae_message():
+    class NanVAE(_BlockVAE):
+        def encode(self, pixels):
+            return super().encode(pixels) * float("nan")
+
+    with pytest.raises(NodeInputError) as e:
+        surgery(model_of("sd15"), {"samples": _source((1, 4, LH, LW))}, _region(), [(_image(), _region(), "fit")],
+                vae=NanVAE(4, False))
+    assert str(e.value) == ("ExemplarLatentSurgery: exemplar_1 encoded with the VAE holds 24 NaN or infinite "
+                            "value(s); check the VAE and the exemplar image")

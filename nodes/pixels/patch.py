@@ -45,7 +45,7 @@ class SurgerySchedule:
 
     def __call__(self, sigma, denoise_mask, extra_options):
         sigmas = extra_options["sigmas"]
-        s = float(sigma.flatten()[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+        s = float(torch.as_tensor(sigma).flatten()[0])  # ComfyUI passes [B] sigmas, all equal
         return K.free_mask(denoise_mask, s, sigmas, self.curve, self.power, self.steepness)
 
 
@@ -117,7 +117,8 @@ def _map_to_grid(mask, latent_hw, downscale, what, notes, batch):
 
 
 def _exemplar_latent(exemplar, p, vae, downscale, source, k):
-    """The exemplar arranged by placement ``p``, as latent cells shaped like ``source``."""
+    """The exemplar (a LATENT dict, or else a 4-D IMAGE tensor: ``surgery`` refuses anything
+    else first) arranged by placement ``p``, as latent cells shaped like ``source``."""
     name = f"exemplar_{k}"
     if isinstance(exemplar, dict) and "samples" in exemplar:
         x = exemplar["samples"]
@@ -130,7 +131,7 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
                                  f"encode the exemplar with this model's VAE")
         _require_finite(x, f"{name} (a LATENT)", "encode the exemplar image again or check the node that made it")
         patch = K.arrange(x.float(), p)
-    elif isinstance(exemplar, torch.Tensor) and exemplar.ndim == 4:
+    else:
         _require_finite(exemplar, f"{name} (an IMAGE)", "check the node that made the image")
         if vae is None:
             raise NodeInputError(f"{NODE}: {name} is an IMAGE; connect the model's VAE to 'vae' "
@@ -143,8 +144,6 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
             patch = patch[:, :, 0]
         patch = K.resize_last2(patch.float(), p.paste)
         _require_finite(patch, f"{name} encoded with the VAE", "check the VAE and the exemplar image")
-    else:
-        raise NodeInputError(f"{NODE}: {name} must be an IMAGE or a LATENT")
     if patch.shape[1] != source.shape[1] or patch.ndim != source.ndim:
         raise NodeInputError(f"{NODE}: {name} has {patch.shape[1]} latent channels but the source has "
                              f"{source.shape[1]}; encode it with the same VAE as the source")
