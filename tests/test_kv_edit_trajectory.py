@@ -79,3 +79,32 @@ def test_sampler_reports_every_step_to_comfyui(flux, record):
     assert [(j, t) for j, _, t in calls] == [(j, n - skip) for j in range(n - skip)]
     last = flux.model.process_latent_out(calls[-1][1])
     assert torch.allclose(last, out, atol=1e-5)
+
+
+def _corner_record(flux):
+    """A record whose edit region is the bottom-right corner: the last image token is not stored."""
+    lat = {"samples": torch.randn(1, 16, H // 8, W // 8, generator=torch.Generator().manual_seed(1))}
+    m = torch.zeros(1, H, W)
+    m[0, 32:, 64:] = 1
+    return KVInvert.execute(flux, lat, m, tm.stub_conditioning("flux", "a cat", guidance=1.5), 3, mask_guided=False,
+                            storage="fp32", cache_device="cpu").args[0]
+
+
+@pytest.mark.parametrize("case", ["last token", "middle token"])
+def test_edit_mask_keeping_unrecorded_tokens_is_refused_with_the_fix(flux, record, case):
+    """A mask whose background holds tokens of the record's edit region (never recorded) is
+    refused with a message, not an index error: the record of the bottom-right corner edited
+    elsewhere (the very last token is missing), or the middle record edited on a smaller box."""
+    from precise_edit.nodes.common import NodeInputError
+
+    rec = _corner_record(flux) if case == "last token" else record
+    m = torch.zeros(1, H, W)
+    if case == "last token":
+        m[0, 0:32, 0:32] = 1
+    else:
+        m[0, 16:32, 32:48] = 1
+    with pytest.raises(NodeInputError) as e:
+        KVEditSampler.execute(flux, rec, tm.stub_conditioning("flux", "a dog", guidance=5.5), seed=3, skip_steps=1,
+                              reinit=False, attn_scale=0.0, mode="paper", mask=m)
+    assert "mask (its background holds tokens the record did not store: paint a mask that covers the " \
+           "record's region, or invert with record_tokens = every image token)" in str(e.value)
