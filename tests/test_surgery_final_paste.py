@@ -83,3 +83,37 @@ def test_map_notes_and_messages_name_the_node_and_the_input():
                 [({"samples": torch.zeros(1, 4, 2, 2)}, torch.ones(2, IH, IW), "fit")])
     assert str(e.value) == ("ExemplarLatentSurgery: region_1 has a batch of 2 but the source latent has 1; "
                             "give one, or one per latent")
+
+
+def test_source_and_region_messages_are_whole():
+    S = source()
+    with pytest.raises(NodeInputError) as e:
+        surgery(model(), S, torch.ones(1, IH, IW), [])                  # an IMAGE/tensor, not a LATENT
+    assert str(e.value) == "ExemplarLatentSurgery: 'source' must be a LATENT"
+    bad = S.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(NodeInputError) as e:
+        surgery(model(), {"samples": bad}, torch.ones(1, IH, IW), [])
+    assert str(e.value) == ("ExemplarLatentSurgery: the source latent holds 1 NaN or infinite value(s); encode the "
+                            "source image again (VAE Encode) or check the node that made the latent")
+    with pytest.raises(NodeInputError) as e:
+        surgery(model(), {"samples": S}, torch.ones(1, IH, IW),
+                [({"samples": torch.zeros(1, 4, 2, 2)}, torch.zeros(1, IH, IW), "fit")])
+    assert str(e.value) == ("ExemplarLatentSurgery: region_1 selects no pixel inside the 96x64 source image (it is "
+                            "empty or lies outside the image); paint the region on the source image")
+    with pytest.raises(NodeInputError) as e:
+        surgery(model(), {"samples": S}, torch.ones(1, IH, IW), [({"samples": torch.zeros(2, 4, 2, 2)}, None, "fit")])
+    assert str(e.value) == ("ExemplarLatentSurgery: exemplar_1 has a batch of 2 but the source latent has 1; "
+                            "give one, or one per latent")
+    _, _, notes = surgery(model(), {"samples": S}, torch.zeros(1, IH, IW), [(None, torch.ones(1, IH, IW), "fit")])
+    assert notes == ["ExemplarLatentSurgery: region_1 is given without exemplar_1; it is ignored"]
+
+
+def test_half_strength_region_counts_as_selected():
+    """A region MASK is selected where it is >= 0.5 (a soft brush at half strength counts)."""
+    S = source()
+    r = torch.zeros(1, IH, IW)
+    r[:, 16:32, 24:48] = 0.5
+    _, latent, _ = surgery(model(), {"samples": S}, torch.ones(1, IH, IW),
+                           [({"samples": torch.full((1, 4, 2, 3), 7.0)}, r, "stretch")])
+    assert torch.equal(latent["samples"][..., 2:4, 3:6], torch.full((1, 4, 2, 3), 7.0))
