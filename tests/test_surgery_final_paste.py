@@ -117,3 +117,15 @@ def test_half_strength_region_counts_as_selected():
     _, latent, _ = surgery(model(), {"samples": S}, torch.ones(1, IH, IW),
                            [({"samples": torch.full((1, 4, 2, 3), 7.0)}, r, "stretch")])
     assert torch.equal(latent["samples"][..., 2:4, 3:6], torch.full((1, 4, 2, 3), 7.0))
+
+
+def test_replaced_function_and_no_effect_notes_are_whole():
+    S = source()
+    dd = DifferentialDiffusion.execute(model()).args[0]
+    C = torch.zeros(1, IH, IW)
+    C[:, :, :48] = 0.5                                   # below 1 everywhere: the exemplar cannot land
+    _, _, notes = surgery(dd, {"samples": S}, C, [({"samples": torch.zeros(1, 4, 2, 2)}, None, "fit")])
+    assert notes == ["ExemplarLatentSurgery: exemplar_1 has no effect: the change map is below 1 everywhere in its "
+                     "region (the exemplar lands only where change = 1)",
+                     "ExemplarLatentSurgery: the model already has a denoise-mask function (e.g. "
+                     "DifferentialDiffusion); it is replaced by the surgery schedule, which is applied once per step"]
