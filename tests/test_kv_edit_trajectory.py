@@ -108,3 +108,25 @@ def test_edit_mask_keeping_unrecorded_tokens_is_refused_with_the_fix(flux, recor
                               reinit=False, attn_scale=0.0, mode="paper", mask=m)
     assert "mask (its background holds tokens the record did not store: paint a mask that covers the " \
            "record's region, or invert with record_tokens = every image token)" in str(e.value)
+
+
+def test_edit_computes_only_the_foreground_tokens(flux, record):
+    """KV-Edit's saving: during an edit the model's queries are the text and foreground tokens
+    only, and the keys add the recorded background (observed by an attention override, which
+    the pack chains rather than replaces)."""
+    shapes = []
+
+    def spy(func, q, k, v, heads, *args, **kwargs):
+        shapes.append((q.shape[2], k.shape[2]))
+        return func(q, k, v, heads, *args, **kwargs)
+
+    probe = flux.clone()
+    probe.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = spy
+    cond = tm.stub_conditioning("flux", "a dog", guidance=5.5)
+    KVEditSampler.execute(probe, record, cond, seed=3, skip_steps=1, reinit=False, attn_scale=0.0, mode="paper")
+    n_bg = int((~record.token_mask.bool()).sum())
+    n_fg = int(record.token_mask.bool().sum())
+    assert n_bg > 0 and n_fg > 0 and shapes
+    full = cond[0][0].shape[1] + record.token_mask.numel()   # text + every image token
+    for q, k in shapes:
+        assert q == full - n_bg and k == full, (q, k, full, n_bg)
