@@ -16,7 +16,12 @@ Steps:
 3. report - killed / total per module; survivors not accepted in mutation/equivalent.txt are
             printed with their diff and written to .mutation/survivors.txt.
 
-    python scripts/mutate.py [--budget S] [--jobs N] [--report-only] [-k NAME_GLOB]
+    python scripts/mutate.py [--budget S] [--jobs N] [--report-only] [--module PATH] [NAME_GLOB...]
+
+--module nodes/pixels/patch.py mutates that one file only, in its own staging folder
+(.mutation/module-<name>/, with its own results), so one module's run fits in a sitting and
+does not re-run the stats of the others. Without it, every path of mutation/mutmut.toml.
+--tests tests/test_a.py ... (with --module) runs only those test files.
 """
 from __future__ import annotations
 
@@ -44,6 +49,35 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------ stage
 
+def use_module(module: str | None, tests: list[str] | None = None) -> None:
+    """Point the staging folder at .mutation/module-<name>/ for a one-module run; ``tests``
+    (test files) replace the whole tests/ folder in that run's selection."""
+    global STAGE
+    if module:
+        if not (PACK_DIR / module).is_file():
+            sys.exit(f"--module {module}: no such file in the pack")
+        STAGE = PACK_DIR / ".mutation" / ("module-" + re.sub(r"[^A-Za-z0-9]+", "_", module.removesuffix(".py")))
+        os.environ["MUTATE_MODULE"] = module
+        if tests:
+            os.environ["MUTATE_TESTS"] = " ".join(tests)
+
+
+def stage_config() -> str:
+    """mutation/mutmut.toml, with source_paths narrowed to --module when one is given."""
+    text = CONFIG.read_text()
+    module = os.environ.get("MUTATE_MODULE")
+    if module:
+        text, n = re.subn(r"^source_paths = \[.*?^\]", f'source_paths = ["precise_edit/{module}"]', text,
+                          count=1, flags=re.M | re.S)
+        assert n == 1, "mutation/mutmut.toml: source_paths not found"
+    tests = os.environ.get("MUTATE_TESTS")
+    if tests:  # the stats run (every selected test, traced) is most of a one-module run's time
+        listed = ", ".join(f'"precise_edit/{t}"' for t in tests.split())
+        text, n = re.subn(r'^    "precise_edit/tests",$', f"    {listed},", text, count=1, flags=re.M)
+        assert n == 1, "mutation/mutmut.toml: the test folder entry is not found"
+    return text
+
+
 def stage() -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PACK_DIR,
                            check=True, capture_output=True).stdout.decode().split("\0")
@@ -59,7 +93,9 @@ def stage() -> None:
         rel = path.relative_to(dest).as_posix()
         if path.is_file() and rel not in files and "__pycache__" not in rel:
             path.unlink()
-    shutil.copyfile(CONFIG, STAGE / "pyproject.toml")
+    target = STAGE / "pyproject.toml"
+    if not target.is_file() or target.read_text() != stage_config():
+        target.write_text(stage_config())
 
 
 # -------------------------------------------------------------------------------------- run
@@ -81,7 +117,7 @@ def run(budget: float, jobs: int, names: list[str]) -> bool:
     proc = subprocess.Popen(cmd, cwd=STAGE, env=mutmut_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + budget
-    last = ""
+    last, shown_at = "", 0.0
     import selectors
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -100,8 +136,8 @@ def run(budget: float, jobs: int, names: list[str]) -> bool:
             buf = (buf + chunk)[-4096:]
             # mutmut redraws a progress line with \r; print one every so often, not each redraw
             text = buf.decode(errors="replace").replace("\r", "\n").strip().splitlines()
-            if text and text[-1] != last and int(time.monotonic()) % 30 == 0:
-                last = text[-1]
+            if text and text[-1] != last and time.monotonic() - shown_at >= 30:
+                last, shown_at = text[-1], time.monotonic()
                 print("  " + last.strip(), flush=True)
     tail = buf.decode(errors="replace").replace("\r", "\n").strip().splitlines()[-3:]
     for line in tail:
@@ -260,12 +296,16 @@ def report() -> int:
     print(detail + ("\n\n" if detail else ""))
     print(table)
     stale = [equivalents[i] for i in range(len(equivalents)) if i not in used]
-    if stale and not any(rows[m]["not run"] for m in rows):
+    if stale and not any(rows[m]["not run"] for m in rows) and not os.environ.get("MUTATE_MODULE"):
         log(f"{len(stale)} entries of mutation/equivalent.txt matched no mutant (code changed?):")
         for e in stale:
             print(f"  {e['function']}: {e.get('match') or (e['old'], e['new'])}")
     log(f"survivors with diffs: {STAGE / 'survivors.txt'}")
     return 0
+
+
+def module_arg(args) -> list[str]:
+    return (["--module", args.module] if args.module else []) + (["--tests", *args.tests] if args.tests else [])
 
 
 def main() -> int:
@@ -278,8 +318,15 @@ def main() -> int:
     ap.add_argument("--recheck", action="store_true",
                     help="run the survivors of the last report again (after adding tests; mutmut keeps "
                          "earlier verdicts unless a mutant is named); with NAME_GLOBs, only those")
+    ap.add_argument("--module", help="mutate this one file (path in the pack), staged on its own")
+    ap.add_argument("--tests", nargs="+", metavar="TEST_FILE",
+                    help="with --module: only these test files (those that reach the module) are run; "
+                         "a mutant they miss counts as survived, so the score is a lower bound")
     ap.add_argument("names", nargs="*", help="mutant name globs to run (default: all)")
     args = ap.parse_args()
+    if args.tests and not args.module:
+        ap.error("--tests needs --module")
+    use_module(args.module, args.tests)
     if args.report_only:
         return report()
     if args.removals_only:
@@ -288,17 +335,18 @@ def main() -> int:
     started = time.monotonic()
     stage()
     if args.recheck:
-        subprocess.run([sys.executable, __file__, "--report-only"], cwd=PACK_DIR, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, __file__, "--report-only", *module_arg(args)], cwd=PACK_DIR,
+                       stdout=subprocess.DEVNULL)
         survivors = re.findall(r"^# (\S+): ", (STAGE / "survivors.txt").read_text(), flags=re.M)
         args.names = [n for n in survivors if not args.names or any(fnmatch.fnmatchcase(n, g) for g in args.names)]
         log(f"re-running {len(args.names)} survivors")
         if not args.names:
             return 0
-    missed = [] if args.names else check_removals()
+    missed = [] if args.names or args.module else check_removals()
     run(args.budget, args.jobs, args.names)
     log(f"make mutate ran {time.monotonic() - started:.0f} s")
     # the report runs in a fresh interpreter: mutmut's state is read back from disk
-    rc = subprocess.run([sys.executable, __file__, "--report-only"], cwd=PACK_DIR).returncode
+    rc = subprocess.run([sys.executable, __file__, "--report-only", *module_arg(args)], cwd=PACK_DIR).returncode
     for name in missed:
         log(f"NOT CAUGHT: {name}")
     return 1 if missed else rc

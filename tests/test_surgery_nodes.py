@@ -101,10 +101,11 @@ def test_kept_pixels_exact_and_changed_pixels_change(name):
     assert torch.allclose(plain[keep], S[keep], atol=1e-4)
 
 
-CURVES = [("linear", {}), ("power", {"power": 3.0}), ("sigmoid", {"steepness": 6.0})]
+CURVES = [("linear", {}), ("power", {"power": 3.0}), ("sigmoid", {"steepness": 6.0}),
+          ("sigmoid", {"steepness": 12.0})]  # not the default: the steepness must reach the schedule
 
 
-@pytest.mark.parametrize("curve,params", CURVES, ids=[c for c, _ in CURVES])
+@pytest.mark.parametrize("curve,params", CURVES, ids=["linear", "power", "sigmoid", "sigmoid12"])
 def test_pinning_follows_schedule_step_by_step(curve, params):
     """Instrument the sampler: at every step the model sees ``noised(S, s_i)`` and the
     sampler's denoised estimate is exactly the source on the pixels with ``1 - C > t_i``
@@ -122,6 +123,8 @@ def test_pinning_follows_schedule_step_by_step(curve, params):
     expected = [K.pinned(C, i, N, curve, **params) for i in range(N)]
     if curve != "linear":  # the map's levels tell the curves apart
         assert any(not torch.equal(e, K.pinned(C, i, N)) for i, e in enumerate(expected))
+    if params.get("steepness", 6.0) != 6.0:  # ... and this steepness from the default one
+        assert any(not torch.equal(e, K.pinned(C, i, N, curve)) for i, e in enumerate(expected))
 
     inputs = []
 

@@ -39,17 +39,14 @@ class SurgerySchedule:
     with the LATENT's noise mask (the change map at latent size) and the sampler's sigmas.
     """
 
-    def __init__(self, curve: str = "linear", power: float = 2.0, steepness: float = 6.0):
+    def __init__(self, curve: str, power: float, steepness: float):
         K.pin_threshold(0, 1, curve, power, steepness)  # refuses an unknown curve or parameter
         self.curve, self.power, self.steepness = curve, float(power), float(steepness)
 
     def __call__(self, sigma, denoise_mask, extra_options):
         sigmas = extra_options["sigmas"]
-        s = float(sigma.flatten()[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+        s = float(torch.as_tensor(sigma).flatten()[0])  # ComfyUI passes [B] sigmas, all equal
         return K.free_mask(denoise_mask, s, sigmas, self.curve, self.power, self.steepness)
-
-
-SCHEDULE = SurgerySchedule()
 
 
 class FinalPaste:
@@ -62,25 +59,20 @@ class FinalPaste:
     def __call__(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
         import comfy.utils  # noqa: PLC0415
 
-        guider = executor.class_obj
-        options = getattr(guider, "model_options", None)
-        if isinstance(options, dict) and options.get("denoise_mask_function") is not self.schedule:
-            current = options.get("denoise_mask_function")
-            if current is not None and not isinstance(current, SurgerySchedule):
-                log.info("%s: another denoise-mask function (e.g. DifferentialDiffusion) was set after the "
-                         "surgery; the surgery schedule 1 - C > t_i is used instead for this run", NODE)
-            options["denoise_mask_function"] = self.schedule
+        options = executor.class_obj.model_options  # the guider's: this sampling run's copy
+        current = options.get("denoise_mask_function")
+        if current is not None and not isinstance(current, SurgerySchedule):
+            log.info("%s: another denoise-mask function (e.g. DifferentialDiffusion) was set after the "
+                     "surgery; the surgery schedule 1 - C > t_i is used instead for this run", NODE)
+        options["denoise_mask_function"] = self.schedule
         out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-        if denoise_mask is None or not isinstance(out, torch.Tensor) or out.shape != latent_image.shape:
+        if denoise_mask is None:  # sampled without the surgery's LATENT: nothing to paste
             return out
         keep = comfy.utils.reshape_mask(denoise_mask.to(out.device), out.shape) == 0
-        return torch.where(keep, latent_image.to(device=out.device, dtype=out.dtype), out)
+        return torch.where(keep, latent_image.to(out), out)
 
 
-final_paste_wrapper = FinalPaste(SCHEDULE)
-
-
-def patch_model(model, schedule: SurgerySchedule = SCHEDULE):
+def patch_model(model, schedule: SurgerySchedule):
     """A clone of ``model`` with the surgery schedule and the final paste; returns it and
     whether another denoise-mask function was replaced."""
     import comfy.patcher_extension as pe  # noqa: PLC0415
@@ -117,7 +109,8 @@ def _map_to_grid(mask, latent_hw, downscale, what, notes, batch):
 
 
 def _exemplar_latent(exemplar, p, vae, downscale, source, k):
-    """The exemplar arranged by placement ``p``, as latent cells shaped like ``source``."""
+    """The exemplar (a LATENT dict, or else a 4-D IMAGE tensor: ``surgery`` refuses anything
+    else first) arranged by placement ``p``, as latent cells shaped like ``source``."""
     name = f"exemplar_{k}"
     if isinstance(exemplar, dict) and "samples" in exemplar:
         x = exemplar["samples"]
@@ -130,7 +123,7 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
                                  f"encode the exemplar with this model's VAE")
         _require_finite(x, f"{name} (a LATENT)", "encode the exemplar image again or check the node that made it")
         patch = K.arrange(x.float(), p)
-    elif isinstance(exemplar, torch.Tensor) and exemplar.ndim == 4:
+    else:
         _require_finite(exemplar, f"{name} (an IMAGE)", "check the node that made the image")
         if vae is None:
             raise NodeInputError(f"{NODE}: {name} is an IMAGE; connect the model's VAE to 'vae' "
@@ -143,8 +136,6 @@ def _exemplar_latent(exemplar, p, vae, downscale, source, k):
             patch = patch[:, :, 0]
         patch = K.resize_last2(patch.float(), p.paste)
         _require_finite(patch, f"{name} encoded with the VAE", "check the VAE and the exemplar image")
-    else:
-        raise NodeInputError(f"{NODE}: {name} must be an IMAGE or a LATENT")
     if patch.shape[1] != source.shape[1] or patch.ndim != source.ndim:
         raise NodeInputError(f"{NODE}: {name} has {patch.shape[1]} latent channels but the source has "
                              f"{source.shape[1]}; encode it with the same VAE as the source")
