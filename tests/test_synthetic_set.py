@@ -62,8 +62,8 @@ def test_pie_bench_files(tmp_path):
         assert piebench.pair_from_entry(e) == pair
         assert e["editing_type_id"] == piebench.EDIT_TYPE_IDS[pair.kind]
         assert "[" in (e["original_prompt"] + e["editing_prompt"])
-        assert np.array_equal(np.asarray(Image.open(tmp_path / e["image_path"])), scenes.render(pair.source)[0])
-        assert np.array_equal(np.asarray(Image.open(tmp_path / e["target_image_path"])), scenes.render(pair.target)[0])
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "annotation_images" / e["image_path"])), scenes.render(pair.source)[0])
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "annotation_images" / e["target_image_path"])), scenes.render(pair.target)[0])
         assert np.array_equal(piebench.rle_decode(e["mask"], tuple(e["image_size"])), pair.mask())
 
 
