@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("model", choices=["vae16", "vae4", "flux", "kontext", "sd", "ip2p"])
     ap.add_argument("--force", action="store_true", help="overwrite the shipped weight file")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
+    ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
+                    help="VAE only: network recipe (default: the one the shipped file was trained with)")
     args = ap.parse_args()
     _import_pack()
     from precise_edit.synthetic.training import setup_comfy
@@ -34,6 +36,10 @@ def main() -> None:
     kw = {"force": args.force}
     if args.steps:
         kw["steps"] = args.steps
+    if args.recipe:
+        if not args.model.startswith("vae"):
+            ap.error("--recipe is for the VAEs (vae16, vae4)")
+        kw["recipe"] = args.recipe
     if args.model == "vae16":
         from precise_edit.synthetic.train_vae import train
     elif args.model == "vae4":

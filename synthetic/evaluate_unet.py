@@ -4,9 +4,9 @@
 model given the source the way ComfyUI's ``InstructPix2PixConditioning`` gives it
 (``concat_latent_image``, the raw VAE latent), text classifier-free guidance, and optionally a
 region MASK as the latent's noise mask (ComfyUI's denoise-mask mechanism: outside the region the
-source latent is kept). ``spatial_rates``: spatial edits ("add ... at the <place>") judged plain
-vs through the pack's Spatial Instruction (its region as the noise mask, its instruction without
-the place phrase, or the whole instruction).
+source latent is kept). ``spatial_rates``: spatial edits ("add ... at the <place>", "move the <shape>
+to the <place>") judged plain vs through the pack's Spatial Instruction (its region as the noise
+mask, with its instruction without the place phrase, or with the whole instruction).
 """
 from __future__ import annotations
 
@@ -41,27 +41,53 @@ def edit_ip2p(model, vae, source: np.ndarray, instruction: str, seed: int, steps
     return to_image(vae, out)[0]
 
 
-def spatial_region(instruction: str, feather: int = 4):
-    """Spatial Instruction's region (1, H, W) and instruction without the place phrase."""
+def spatial_region(instruction: str, object_mask: np.ndarray | None = None, feather: int = 4):
+    """Spatial Instruction's region (1, H, W) and instruction without the place phrase. For a move
+    (``object_mask`` given) the region is the object's new place joined with its old one, so the
+    model may regenerate both."""
     from precise_edit.nodes.instruct.nodes import spatial_instruction
 
-    region, stripped, *_ = spatial_instruction(instruction, "en", scenes.SIZE, scenes.SIZE, feather)
+    obj = None if object_mask is None else torch.from_numpy(object_mask).float()[None]
+    region, stripped, *_ = spatial_instruction(instruction, "en", scenes.SIZE, scenes.SIZE, feather, object_mask=obj)
+    if obj is not None:
+        region = torch.maximum(region, obj)
     return region, stripped
 
 
-def spatial_rates(model, vae, n: int = 20, seed: int = 1200, steps: int = 20, cfg: float = 3.0) -> dict:
-    """Success of "add a <colour> <shape> at the <place>" edits (the judge: the object in the
-    named cell, every other object kept) plain and with Spatial Instruction."""
-    pairs = scenes.edits(seed, n, kinds=("add",))
-    res = {"plain": [], "region+stripped": [], "region+full": []}
-    for i, p in enumerate(pairs):
-        src = scenes.render(p.source)[0]
-        region, stripped = spatial_region(p.instruction)
-        for key, img in (("plain", edit_ip2p(model, vae, src, p.instruction, i, steps, cfg)),
-                         ("region+stripped", edit_ip2p(model, vae, src, stripped, i, steps, cfg, region)),
-                         ("region+full", edit_ip2p(model, vae, src, p.instruction, i, steps, cfg, region))):
-            res[key].append(bool(judge.edit_ok(img, p) and judge.others_kept(img, p)))
-    return {k: float(np.mean(v)) for k, v in res.items()}
+VARIANTS = ("plain", "region, instruction without place", "region, whole instruction")
+
+
+def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, cfg: float = 3.0) -> dict:
+    """For one spatial edit ("add ... at the <place>" or "move the <shape> to the <place>"):
+    {variant: (placed, done)}: ``placed`` = the asked colour fills the asked cell (and, for a move,
+    the old cell is empty): the spatial part; ``done`` = the judge's full verdict (colour and shape
+    in the cell, the other objects kept)."""
+    src = scenes.render(pair.source)[0]
+    obj = None
+    if pair.kind == "move":
+        cx, cy = pair.subject.centre()
+        obj = scenes.shape_mask(pair.subject.shape, cx, cy, pair.subject.half)
+    region, stripped = spatial_region(pair.instruction, obj)
+    out = {}
+    for key, text, reg in ((VARIANTS[0], pair.instruction, None), (VARIANTS[1], stripped, region),
+                           (VARIANTS[2], pair.instruction, region)):
+        img = edit_ip2p(model, vae, src, text, seed, steps, cfg, reg)
+        labels = judge.colour_labels(img)
+        placed = judge.find(img, pair.result.cell, labels).colour == pair.result.colour
+        if pair.kind == "move":
+            placed &= judge.empty(img, pair.subject.cell, labels)
+        out[key] = (bool(placed), bool(judge.edit_ok(img, pair) and judge.others_kept(img, pair)))
+    return out
+
+
+def spatial_rates(model, vae, n: int = 20, seed: int = 1200, steps: int = 20, cfg: float = 3.0,
+                  kinds=("add", "move")) -> dict:
+    """{kind: {variant: (placed rate, done rate)}} over ``n`` edits per kind."""
+    res = {}
+    for kind in kinds:
+        v = [spatial_verdicts(model, vae, p, i, steps, cfg) for i, p in enumerate(scenes.edits(seed, n, kinds=(kind,)))]
+        res[kind] = {k: (float(np.mean([x[k][0] for x in v])), float(np.mean([x[k][1] for x in v]))) for k in VARIANTS}
+    return res
 
 
 def ip2p_rates(model, vae, n: int = 20, seed: int = 1001, steps: int = 20, cfg: float = 3.0) -> dict:

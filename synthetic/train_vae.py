@@ -57,7 +57,7 @@ class Block(nn.Module):
         return torch.relu(self.conv(x) + x)
 
 
-def _seq(prefix: str, layout, latent_channels: int, w: int) -> nn.Sequential:
+def _seq(prefix: str, layout, latent_channels: int, w: int, blocks: bool = True) -> nn.Sequential:
     mods, convs = [], [i for i, k in enumerate(layout) if k == "conv"]
     for i, kind in enumerate(layout):
         if kind == "conv":
@@ -66,7 +66,7 @@ def _seq(prefix: str, layout, latent_channels: int, w: int) -> nn.Sequential:
             stride = 2 if prefix == "taesd_encoder" and i in ENC_STRIDE else 1
             mods.append(nn.Conv2d(c_in, c_out, 3, padding=1, stride=stride, bias=(prefix, i) not in NO_BIAS))
         elif kind == "block":
-            mods.append(Block(w))
+            mods.append(Block(w) if blocks else nn.ReLU())
         elif kind == "relu":
             mods.append(nn.ReLU())
         elif kind == "up":
@@ -76,10 +76,12 @@ def _seq(prefix: str, layout, latent_channels: int, w: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-def narrow(latent_channels: int, w: int = WIDTH) -> tuple[nn.Sequential, nn.Sequential]:
+def narrow(latent_channels: int, w: int = WIDTH, blocks: bool = True) -> tuple[nn.Sequential, nn.Sequential]:
     """The trained networks: TAESD's encoder and decoder, index for index, at width ``w``, the
-    untrained residual blocks as ``relu`` (what an all-zero block computes)."""
-    enc, dec = _seq("taesd_encoder", ENC_LAYOUT, latent_channels, w), _seq("taesd_decoder", DEC_LAYOUT, latent_channels, w)
+    untrained residual blocks (all of them with ``blocks=False``) as ``relu`` (what an all-zero
+    block computes)."""
+    enc = _seq("taesd_encoder", ENC_LAYOUT, latent_channels, w, blocks)
+    dec = _seq("taesd_decoder", DEC_LAYOUT, latent_channels, w, blocks)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for seq in (enc, dec):
@@ -142,13 +144,23 @@ def _stage(enc, dec, params, steps, batch_size, crop, lr, seed, label, t0):
     return loss.item(), rng
 
 
-def train(steps: int = 1500, batch_size: int = 16, crop: int = 48, lr: float = 2e-3, force: bool = False,
+# Per file: the shipped 16-channel VAE is still the first recipe (no blocks, width 24, 32-pixel crops),
+# because the FLUX and Kontext-style models were trained on its latents; the block recipe (vae4,
+# and ``--recipe blocks`` for vae16) needs those retrained with it (README).
+RECIPES = {"plain": {"width": 24, "blocks": False, "crop": 32}, "blocks": {"width": 32, "blocks": True, "crop": 48}}
+DEFAULT_RECIPE = {"vae16": "plain", "vae4": "blocks"}
+
+
+def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: float = 2e-3, force: bool = False,
           latent_channels: int = 16, name: str = "vae16", decoder_steps: int = 400,
-          stage1: str | None = None) -> dict:
+          stage1: str | None = None, recipe: str | None = None) -> dict:
     """Stage 1 trains encoder and decoder; stage 2 only the decoder (the latents, and so the
     diffusion models trained on them, do not change). ``stage1``: a file saved after stage 1
     to continue from (what this function saves when ``decoder_steps`` is 0)."""
     check_writable(name, force)
+    recipe = recipe or DEFAULT_RECIPE.get(name, "blocks")
+    r = RECIPES[recipe]
+    crop = crop or r["crop"]
     torch.manual_seed(0)
     t0 = time.time()
     if stage1:
@@ -157,7 +169,7 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int = 48, lr: float = 2
         enc, dec, vae_scale, vae_shift = from_taesd(load_file(stage1))
         enc.train(), dec.train()
     else:
-        enc, dec = narrow(latent_channels)
+        enc, dec = narrow(latent_channels, r["width"], r["blocks"])
         _, rng = _stage(enc, dec, list(enc.parameters()) + list(dec.parameters()), steps, batch_size, crop, lr,
                         0, "vae", t0)
         with torch.no_grad():
@@ -171,7 +183,7 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int = 48, lr: float = 2
         # Round to the file's fp16 between the stages, as continuing from a stage-1 file does.
         sd1 = {k: v.half() for k, v in to_taesd(enc, dec, latent_channels).items()}
         sd1["vae_scale"], sd1["vae_shift"] = torch.tensor(vae_scale).half(), torch.tensor(vae_shift).half()
-        enc, dec, vae_scale, vae_shift = from_taesd(sd1)
+        enc, dec, vae_scale, vae_shift = from_taesd(sd1, r["width"], r["blocks"])
         enc.train(), dec.train()
     loss = float("nan")
     if decoder_steps:
@@ -182,17 +194,18 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int = 48, lr: float = 2
     sd = to_taesd(enc, dec, latent_channels)
     sd["vae_scale"] = torch.tensor(vae_scale)
     sd["vae_shift"] = torch.tensor(vae_shift)
-    path = save(name, sd, force, {"steps": steps, "decoder_steps": decoder_steps, "seed": 0, "width": WIDTH,
+    path = save(name, sd, force, {"steps": steps, "decoder_steps": decoder_steps, "seed": 0, "recipe": recipe, "width": r["width"],
                                   "final_loss": f"{loss:.4f}"})
     print(f"saved {path} (vae_scale {vae_scale:.4f} vae_shift {vae_shift:.4f}, {time.time() - t0:.0f}s)")
     return {"loss": loss}
 
 
-def from_taesd(sd: dict[str, torch.Tensor], w: int = WIDTH) -> tuple[nn.Sequential, nn.Sequential, float, float]:
+def from_taesd(sd: dict[str, torch.Tensor], w: int = WIDTH,
+               blocks: bool = True) -> tuple[nn.Sequential, nn.Sequential, float, float]:
     """The narrow networks back from a TAESD state dict (fast encoding of training sets), and
     ``vae_scale``/``vae_shift``."""
     latent_channels = sd["taesd_decoder.1.weight"].shape[1]
-    enc, dec = narrow(latent_channels, w)
+    enc, dec = narrow(latent_channels, w, blocks)
     with torch.no_grad():
         for prefix, seq in (("taesd_encoder", enc), ("taesd_decoder", dec)):
             for name, v in seq.state_dict().items():
