@@ -4,7 +4,8 @@ Prints a table; not a test. First the plain models' own success rates (text-to-i
 scenes, Kontext-style edits per kind), then KV-Edit against regenerating with the target caption
 (colour and shape changes) with background preservation, then SpotEdit on the Kontext-style model
 (perceptual judge, no mask): speed-up, settled-token precision/recall against the true
-unchanged mask, and success against the unpatched model. Run from the repository root:
+unchanged mask, and success against the unpatched model; then the SD1.5-class UNets (text-to-image
+and InstructPix2Pix-style) and issue 12's spatial measure (plain vs Spatial Instruction). Run from the repository root:
 
     .venv/bin/python benchmarks/bench_synthetic.py [--n 40] [--steps 20] [--pie-bench DIR]
 
@@ -141,9 +142,9 @@ def main():
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), shared and noisy; "
           f"n={args.n}, {args.steps} steps, euler/simple, cfg 1")
-    vae, flux, kontext = models.vae(), models.flux("flux"), models.flux("kontext")
-    vae4, sd, ip2p = models.vae("vae4"), models.unet("sd"), models.unet("ip2p")
     t0 = time.time()
+    if args.only in (None, "plain", "kv", "spot"):
+        vae, flux, kontext = models.vae(), models.flux("flux"), models.flux("kontext")
     if args.only in (None, "plain"):
         plain(args, flux, kontext, vae)
     if args.only in (None, "kv"):
@@ -151,9 +152,9 @@ def main():
     if args.only in (None, "spot"):
         spot(args, kontext, vae)
     if args.only in (None, "unet"):
-        unets(args, vae4, sd, ip2p)
+        unets(args, models.vae("vae4"), models.unet("sd"), models.unet("ip2p"))
     if args.only in (None, "spatial"):
-        spatial(args, vae4, ip2p)
+        spatial(args, models.vae("vae4"), models.unet("ip2p"))
     if args.pie_bench:
         print(f"\nPIE-Bench files: {piebench.write(scenes.edits(1001, args.n), args.pie_bench)}")
     print(f"\n({time.time() - t0:.0f} s)")
