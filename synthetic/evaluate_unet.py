@@ -59,35 +59,43 @@ VARIANTS = ("plain", "region, instruction without place", "region, whole instruc
 
 def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, cfg: float = 3.0) -> dict:
     """For one spatial edit ("add ... at the <place>" or "move the <shape> to the <place>"):
-    {variant: (placed, done)}: ``placed`` = the asked colour fills the asked cell (and, for a move,
+    {variant: (placed, done, refused)}: ``placed`` = the asked colour fills the asked cell (and, for a move,
     the old cell is empty): the spatial part; ``done`` = the judge's full verdict (colour and shape
-    in the cell, the other objects kept)."""
+    in the cell, the other objects kept); ``refused`` = Spatial Instruction refused the instruction
+    with a message (counted as not placed)."""
     src = scenes.render(pair.source)[0]
     obj = None
     if pair.kind == "move":
         cx, cy = pair.subject.centre()
         obj = scenes.shape_mask(pair.subject.shape, cx, cy, pair.subject.half)
-    region, stripped = spatial_region(pair.instruction, obj)
+    from precise_edit.nodes.common import NodeInputError
+
+    try:
+        region, stripped = spatial_region(pair.instruction, obj)
+    except NodeInputError:      # e.g. "move it to the left" read as a move leaving the image: refused
+        region = stripped = None
     out = {}
     for key, text, reg in ((VARIANTS[0], pair.instruction, None), (VARIANTS[1], stripped, region),
                            (VARIANTS[2], pair.instruction, region)):
+        if key != VARIANTS[0] and region is None:
+            out[key] = (False, False, True)
+            continue
         img = edit_ip2p(model, vae, src, text, seed, steps, cfg, reg)
         labels = judge.colour_labels(img)
         placed = judge.find(img, pair.result.cell, labels).colour == pair.result.colour
         if pair.kind == "move":
             placed &= judge.empty(img, pair.subject.cell, labels)
-        out[key] = (bool(placed), bool(judge.edit_ok(img, pair) and judge.others_kept(img, pair)))
+        out[key] = (bool(placed), bool(judge.edit_ok(img, pair) and judge.others_kept(img, pair)), False)
     return out
 
 
 def spatial_rates(model, vae, n: int = 20, seed: int = 1200, steps: int = 20, cfg: float = 3.0,
-                  kinds=("add", "move")) -> dict:
-    """{kind: {variant: (placed rate, done rate)}} over ``n`` edits per kind."""
-    res = {}
+                  kinds=("add", "move")):
+    """Yields (kind, {variant: (placed rate, done rate, refused count)}) over ``n`` edits per kind."""
     for kind in kinds:
         v = [spatial_verdicts(model, vae, p, i, steps, cfg) for i, p in enumerate(scenes.edits(seed, n, kinds=(kind,)))]
-        res[kind] = {k: (float(np.mean([x[k][0] for x in v])), float(np.mean([x[k][1] for x in v]))) for k in VARIANTS}
-    return res
+        yield kind, {k: (float(np.mean([x[k][0] for x in v])), float(np.mean([x[k][1] for x in v])),
+                         int(sum(x[k][2] for x in v))) for k in VARIANTS}
 
 
 def ip2p_rates(model, vae, n: int = 20, seed: int = 1001, steps: int = 20, cfg: float = 3.0) -> dict:

@@ -117,7 +117,7 @@ def _loop(model, data, steps, batch_size, lr, label, seed=0):
     return ema
 
 
-def train_sd(steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, n_images: int = 1000,
+def train_sd(steps: int = 500, batch_size: int = 16, lr: float = 2e-3, n_images: int = 1000,
              force: bool = False) -> float:
     check_writable("sd", force)
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def train_sd(steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, n_images
 _PLACE = re.compile(r"\s+at the .*$")
 
 
-def train_ip2p(steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
+def train_ip2p(steps: int = 700, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
                force: bool = False) -> float:
     check_writable("ip2p", force)
     torch.manual_seed(0)
