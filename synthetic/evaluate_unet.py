@@ -57,12 +57,14 @@ def spatial_region(instruction: str, object_mask: np.ndarray | None = None, feat
 VARIANTS = ("plain", "region, instruction without place", "region, whole instruction")
 
 
-def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, cfg: float = 3.0) -> dict:
+def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, cfg: float = 3.0,
+                     images: dict | None = None) -> dict:
     """For one spatial edit ("add ... at the <place>" or "move the <shape> to the <place>"):
     {variant: (placed, done, refused)}: ``placed`` = the asked colour fills the asked cell (and, for a move,
     the old cell is empty): the spatial part; ``done`` = the judge's full verdict (colour and shape
     in the cell, the other objects kept); ``refused`` = Spatial Instruction refused the instruction
-    with a message (counted as not placed)."""
+    with a message (counted as not placed). ``images``: a dict that receives each variant's image
+    and the region."""
     src = scenes.render(pair.source)[0]
     obj = None
     if pair.kind == "move":
@@ -81,6 +83,9 @@ def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 
             out[key] = (False, False, True)
             continue
         img = edit_ip2p(model, vae, src, text, seed, steps, cfg, reg)
+        if images is not None:
+            images[key] = img
+            images["region"] = reg
         labels = judge.colour_labels(img)
         placed = judge.find(img, pair.result.cell, labels).colour == pair.result.colour
         if pair.kind == "move":
