@@ -4,7 +4,8 @@ Prints a table; not a test. First the plain models' own success rates (text-to-i
 scenes, Kontext-style edits per kind), then KV-Edit against regenerating with the target caption
 (colour and shape changes) with background preservation, then SpotEdit on the Kontext-style model
 (perceptual judge, no mask): speed-up, settled-token precision/recall against the true
-unchanged mask, and success against the unpatched model. Run from the repository root:
+unchanged mask, and success against the unpatched model; then the SD1.5-class UNets (text-to-image
+and InstructPix2Pix-style) and issue 12's spatial measure (plain vs Spatial Instruction). Run from the repository root:
 
     .venv/bin/python benchmarks/bench_synthetic.py [--n 40] [--steps 20] [--pie-bench DIR]
 
@@ -92,6 +93,46 @@ def spot(args, kontext, vae):
               f"{np.median(ratio):.2f}x |")
 
 
+def unets(args, vae4, sd, ip2p):
+    from precise_edit.synthetic import evaluate_unet as eu
+
+    print("\n## SD1.5-class UNets (4-channel VAE; euler/simple, cfg 3 on the text)\n")
+    print("| model | what | n | success |\n|---|---|---|---|")
+    sc = scenes.scenes(1000, args.n)
+    rec = ev.to_image(vae4, ev.to_latent(vae4, np.stack([scenes.render(s)[0] for s in sc])))
+    robjs = [(r, o) for r, s in zip(rec, sc) for o in s.objects]
+    print(f"| VAE4 round trip | objects right | {len(robjs)} | {rate([judge.object_ok(r, o) for r, o in robjs])} |")
+    print(f"| VAE4 round trip | object colour right in its cell | {len(robjs)} | "
+          f"{rate([judge.find(r, o.cell).colour == o.colour for r, o in robjs])} |")
+    if ip2p is not None:
+        pairs = scenes.edits(1001, args.n)
+        res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source)[0], p.instruction, i,
+                                                   args.steps), p)) for i, p in enumerate(pairs)]
+        for k in scenes.EDIT_KINDS:
+            print(f"| IP2P-style | edit: {k} | {sum(kk == k for kk, _ in res)} | {rate([ok for kk, ok in res if kk == k])} |")
+        print(f"| IP2P-style | edit: all | {len(res)} | {rate([ok for _, ok in res])} |")
+    if sd is None:
+        return
+    imgs = [eu.generate_sd(sd, vae4, s.caption(), seed=i, steps=args.steps) for i, s in enumerate(sc)]
+    objs = [(img, o) for img, s in zip(imgs, sc) for o in s.objects]
+    print(f"| SD t2i | objects right (colour, shape, cell) | {len(objs)} | {rate([judge.object_ok(i, o) for i, o in objs])} |")
+    print(f"| SD t2i | object colour right in its cell | {len(objs)} | "
+          f"{rate([judge.find(i, o.cell).colour == o.colour for i, o in objs])} |")
+    print(f"| SD t2i | whole scene right | {len(sc)} | {rate([judge.scene_ok(i, s) for i, s in zip(imgs, sc)])} |")
+
+
+def spatial(args, vae4, ip2p):
+    from precise_edit.synthetic import evaluate_unet as eu
+
+    print("\n## Issue 12: spatial instructions, plain IP2P-style vs Spatial Instruction (region as noise mask; cfg 3)\n")
+    print("placed = the asked colour fills the asked cell (and a moved object's old cell is empty); "
+          "done = the full judge (colour and shape in the cell, other objects kept)\n")
+    print("| kind | variant | n | placed | done | refused by Spatial Instruction |\n|---|---|---|---|---|---|")
+    for kind, rows in eu.spatial_rates(ip2p, vae4, n=args.n, steps=args.steps):
+        for variant, (placed, done, refused) in rows.items():
+            print(f"| {kind} | {variant} | {args.n} | {100 * placed:5.1f} % | {100 * done:5.1f} % | {refused} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=40)
@@ -100,20 +141,25 @@ def main():
     ap.add_argument("--pie-bench", type=Path, default=None)
     ap.add_argument("--n-spot", type=int, default=10)
     ap.add_argument("--tau", type=float, default=0.2)
-    ap.add_argument("--only", choices=["plain", "kv", "spot"], default=None)
+    ap.add_argument("--only", choices=["plain", "kv", "spot", "unet", "ip2p", "spatial"], default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), shared and noisy; "
           f"n={args.n}, {args.steps} steps, euler/simple, cfg 1")
-    vae, flux, kontext = models.vae(), models.flux("flux"), models.flux("kontext")
     t0 = time.time()
+    if args.only in (None, "plain", "kv", "spot"):
+        vae, flux, kontext = models.vae(), models.flux("flux"), models.flux("kontext")
     if args.only in (None, "plain"):
         plain(args, flux, kontext, vae)
     if args.only in (None, "kv"):
         kv(args, flux, vae)
     if args.only in (None, "spot"):
         spot(args, kontext, vae)
+    if args.only in (None, "unet", "ip2p"):
+        unets(args, models.vae("vae4"), None if args.only == "ip2p" else models.unet("sd"), models.unet("ip2p"))
+    if args.only in (None, "spatial"):
+        spatial(args, models.vae("vae4"), models.unet("ip2p"))
     if args.pie_bench:
         print(f"\nPIE-Bench files: {piebench.write(scenes.edits(1001, args.n), args.pie_bench)}")
     print(f"\n({time.time() - t0:.0f} s)")

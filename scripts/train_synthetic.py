@@ -1,6 +1,6 @@
 """Train one of the small synthetic-set models on CPU and save it under synthetic/weights/.
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/train_synthetic.py vae16|flux|kontext [--force]
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/train_synthetic.py vae16|vae4|flux|kontext|sd|ip2p [--force]
 
 Seeds are fixed; a shipped weight file is only overwritten with --force.
 """
@@ -23,9 +23,11 @@ def _import_pack():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=["vae16", "flux", "kontext"])
+    ap.add_argument("model", choices=["vae16", "vae4", "flux", "kontext", "sd", "ip2p"])
     ap.add_argument("--force", action="store_true", help="overwrite the shipped weight file")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
+    ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
+                    help="VAE only: network recipe (default: the one the shipped file was trained with)")
     args = ap.parse_args()
     _import_pack()
     from precise_edit.synthetic.training import setup_comfy
@@ -34,8 +36,20 @@ def main() -> None:
     kw = {"force": args.force}
     if args.steps:
         kw["steps"] = args.steps
+    if args.recipe:
+        if not args.model.startswith("vae"):
+            ap.error("--recipe is for the VAEs (vae16, vae4)")
+        kw["recipe"] = args.recipe
     if args.model == "vae16":
         from precise_edit.synthetic.train_vae import train
+    elif args.model == "vae4":
+        from functools import partial
+
+        from precise_edit.synthetic.train_vae import train as train_vae
+        train = partial(train_vae, latent_channels=4, name="vae4")
+    elif args.model in ("sd", "ip2p"):
+        from precise_edit.synthetic import train_unet
+        train = train_unet.train_sd if args.model == "sd" else train_unet.train_ip2p
     elif args.model == "flux":
         from precise_edit.synthetic.train_dit import train_flux as train
     else:

@@ -17,11 +17,12 @@ def load_state(name: str) -> dict[str, torch.Tensor]:
     return load_file(str(weight_path(name)))
 
 
-def vae():
-    """The synthetic TAESD-layout VAE (16 channels) as ComfyUI loads a VAE file."""
+def vae(name: str = "vae16"):
+    """The synthetic TAESD-layout VAE (``vae16``: 16 channels, FLUX family; ``vae4``: 4 channels,
+    SD-type UNets) as ComfyUI loads a VAE file."""
     import comfy.sd
 
-    v = comfy.sd.VAE(sd=load_state("vae16"))
+    v = comfy.sd.VAE(sd=load_state(name))
     v.throw_exception_if_invalid()
     return v
 
@@ -34,6 +35,19 @@ def flux(name: str = "flux"):
     from .train_dit import build
 
     model = build(load_state(name))
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def unet(name: str = "sd"):
+    """The synthetic SD1.5-class UNet (``sd``: text-to-image, 4 channels) or InstructPix2Pix-style
+    UNet (``ip2p``: 8 input channels) as a ModelPatcher."""
+    import comfy.model_management
+    import comfy.model_patcher
+
+    from .train_unet import build
+
+    model = build(load_state(name), ip2p=name == "ip2p")
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 

@@ -74,18 +74,19 @@ def entry(pair: EditPair, image_path: str, target_path: str, size: int = SIZE) -
 
 
 def write(pairs: list[EditPair], root: str | Path, size: int = SIZE) -> Path:
-    """Write images (PNG) under ``annotation_images/<type>/`` and ``mapping_file.json``."""
+    """Write images (PNG) under ``annotation_images/<type>/`` and ``mapping_file.json``; image paths
+    are relative to ``annotation_images/``, as in PIE-Bench (the runner reads them so)."""
     from PIL import Image
 
     root = Path(root)
     mapping = {}
     for i, pair in enumerate(pairs):
         key = f"{i:06d}"
-        folder = f"annotation_images/{TYPE_DIRS[EDIT_TYPE_IDS[pair.kind]]}"
-        (root / folder).mkdir(parents=True, exist_ok=True)
+        folder = TYPE_DIRS[EDIT_TYPE_IDS[pair.kind]]
+        (root / "annotation_images" / folder).mkdir(parents=True, exist_ok=True)
         src_path, tgt_path = f"{folder}/{key}.png", f"{folder}/{key}_target.png"
-        Image.fromarray(render(pair.source, size)[0]).save(root / src_path)
-        Image.fromarray(render(pair.target, size)[0]).save(root / tgt_path)
+        Image.fromarray(render(pair.source, size)[0]).save(root / "annotation_images" / src_path)
+        Image.fromarray(render(pair.target, size)[0]).save(root / "annotation_images" / tgt_path)
         mapping[key] = entry(pair, src_path, tgt_path, size)
     (root / "mapping_file.json").write_text(json.dumps(mapping, indent=1))
     return root / "mapping_file.json"

@@ -14,6 +14,9 @@ import torch
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {
     "vae16": "taesd16_synthetic.safetensors",
+    "vae4": "taesd4_synthetic.safetensors",
+    "sd": "sd_unet_synthetic.safetensors",
+    "ip2p": "ip2p_unet_synthetic.safetensors",
     "flux": "flux_synthetic.safetensors",
     "kontext": "flux_kontext_synthetic.safetensors",
 }

@@ -7,6 +7,7 @@ loaders for these nodes, so every shipped workflow runs without downloading weig
 from comfy_api.latest import ComfyExtension, io
 
 from .synthetic_models import MODELS as SYNTHETIC_MODELS
+from .synthetic_models import UNETS as SYNTHETIC_UNETS
 from .tiny_models import FIXTURES, StubCLIP
 
 CATEGORY = "precise-edit/tests"
@@ -73,7 +74,8 @@ class PETestSyntheticModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="PETestSyntheticModel", display_name="Synthetic-Set Model (tests)", category=CATEGORY,
-                         description="A small FLUX (text-to-image) or Kontext-style editor trained on the synthetic "
+                         description="A small FLUX (text-to-image), Kontext-style editor, SD1.5-class UNet (sd) or "
+                                     "InstructPix2Pix-style UNet (ip2p, 8 input channels) trained on the synthetic "
                                      "editing set (synthetic/weights/), with its VAE and text encoder (tests only).",
                          inputs=[io.Combo.Input("model", options=list(SYNTHETIC_MODELS))],
                          outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
@@ -85,6 +87,8 @@ class PETestSyntheticModel(io.ComfyNode):
         if model not in SYNTHETIC_MODELS:
             raise ValueError(f"PETestSyntheticModel: model must be one of {', '.join(SYNTHETIC_MODELS)}")
         m = models()
+        if model in SYNTHETIC_UNETS:
+            return io.NodeOutput(m.unet(model), m.SyntheticCLIP(), m.vae("vae4"))
         return io.NodeOutput(m.flux(model), m.SyntheticCLIP(), m.vae())
 
 

@@ -33,4 +33,5 @@ def models():
     return synthetic().models
 
 
-MODELS = ("flux", "kontext")
+MODELS = ("flux", "kontext", "sd", "ip2p")
+UNETS = ("sd", "ip2p")      # SD1.5-class UNets, with the 4-channel VAE

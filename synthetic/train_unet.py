@@ -1,0 +1,165 @@
+"""Train the small SD-type UNets on synthetic scenes (CPU, minutes).
+
+``train_sd``: text-to-image, ComfyUI's SD1.5 class (4 latent channels, the synthetic ``vae4``).
+``train_ip2p``: the same UNet with 8 input channels, ComfyUI's ``SD15_instructpix2pix`` class: the
+source's raw VAE latent is concatenated to the noisy latent (what ComfyUI's
+``InstructPix2PixConditioning`` feeds it), the instruction is the text, the target the image.
+Both are epsilon-prediction models on ComfyUI's SD1.5 discrete schedule (``x_t = sqrt(abar) x0 +
+sqrt(1 - abar) eps``), 10 % empty text (so classifier-free guidance works); the editing model
+also sees 10 % of sources dropped (image guidance) and 20 % of "add" instructions without their
+place phrase ("add a red circle"), so that an instruction whose place a Spatial Instruction node
+took out still means something to it.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import torch
+
+from . import scenes, text
+from .training import check_writable, save, weight_path
+
+SD_SCALE = 0.18215
+CHANNELS = 32
+
+
+def config(in_channels: int = 4, channels: int = CHANNELS) -> dict:
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "in_channels": in_channels, "model_channels": channels,
+        "num_res_blocks": [1, 1], "transformer_depth": [1, 1], "channel_mult": [1, 2],
+        "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": text.DIM,
+        "num_heads": -1, "num_head_channels": 16, "use_temporal_attention": False,
+        "use_temporal_resblock": False, "transformer_depth_output": [1, 1, 1, 1],
+    }
+
+
+def build(sd: dict | None = None, ip2p: bool = False):
+    """The ComfyUI SD1.5 (or SD1.5 InstructPix2Pix) model of the synthetic config, filled from
+    ``sd`` or freshly initialised (ComfyUI's layers skip initialisation)."""
+    import comfy.supported_models
+
+    cls = comfy.supported_models.SD15_instructpix2pix if ip2p else comfy.supported_models.SD15
+    mc = cls(config(8 if ip2p else 4))
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({})
+    dm = model.diffusion_model
+    if sd is not None:
+        dm.load_state_dict({k: v.float() for k, v in sd.items()})
+        return model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in dm.modules():
+            if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (1.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:
+                    m.bias.zero_()
+        dm.out[-1].weight.zero_()
+        dm.out[-1].bias.zero_()
+    return model
+
+
+def _vae4():
+    from safetensors.torch import load_file
+
+    from .train_vae import from_taesd
+
+    return from_taesd(load_file(str(weight_path("vae4"))))
+
+
+def raw_latents(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """What ComfyUI's ``VAE.encode`` gives for uint8 images (computed on the narrow network)."""
+    enc, _, vae_scale, vae_shift = vae
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0
+            out.append(enc(x) / vae_scale + vae_shift)
+    return torch.cat(out)
+
+
+def _loop(model, data, steps, batch_size, lr, label, seed=0):
+    """data(gen, b) -> (x0 model-space, context, concat_or_None)."""
+    dm = model.diffusion_model
+    abar = 1.0 / (1.0 + model.model_sampling.sigmas.float() ** 2)
+    gen = torch.Generator().manual_seed(seed)
+    params = list(dm.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    empty_ctx, _ = text.encode("")
+    t0, ema = time.time(), None
+    for step in range(steps):
+        x0, ctx, concat = data(gen, batch_size)
+        b = x0.shape[0]
+        drop = torch.rand(b, generator=gen) < 0.1
+        ctx = torch.where(drop[:, None, None], empty_ctx, ctx)
+        t = torch.randint(0, len(abar), (b,), generator=gen)
+        a = abar[t][:, None, None, None]
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        if concat is not None:
+            xt = torch.cat([xt, concat], 1)
+        out = dm(xt, timesteps=t.float(), context=ctx)
+        loss = (out - eps).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"{label} step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", flush=True)
+    return ema
+
+
+def train_sd(steps: int = 500, batch_size: int = 16, lr: float = 2e-3, n_images: int = 1000,
+             force: bool = False) -> float:
+    check_writable("sd", force)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    sc = [scenes.random_scene(rng) for _ in range(n_images)]
+    lat = raw_latents(_vae4(), np.stack([scenes.render(s)[0] for s in sc])) * SD_SCALE
+    ctx, _ = text.encode_batch([s.caption() for s in sc])
+
+    def data(gen, b):
+        idx = torch.randint(0, len(lat), (b,), generator=gen)
+        return lat[idx], ctx[idx], None
+
+    model = build()
+    loss = _loop(model, data, steps, batch_size, lr, "sd")
+    save("sd", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}"})
+    return loss
+
+
+_PLACE = re.compile(r"\s+at the .*$")
+
+
+def train_ip2p(steps: int = 700, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
+               force: bool = False) -> float:
+    check_writable("ip2p", force)
+    torch.manual_seed(0)
+    pairs = scenes.edits(2, n_pairs)
+    vae = _vae4()
+    src = raw_latents(vae, np.stack([scenes.render(p.source)[0] for p in pairs]))
+    tgt = raw_latents(vae, np.stack([scenes.render(p.target)[0] for p in pairs])) * SD_SCALE
+    ctx, _ = text.encode_batch([p.instruction for p in pairs])
+    placeless = torch.stack([text.encode(_PLACE.sub("", p.instruction))[0] for p in pairs])
+    is_add = torch.tensor([p.kind == "add" for p in pairs])
+
+    def data(gen, b):
+        idx = torch.randint(0, len(src), (b,), generator=gen)
+        c = ctx[idx]
+        strip = is_add[idx] & (torch.rand(b, generator=gen) < 0.2)
+        c = torch.where(strip[:, None, None], placeless[idx], c)
+        keep = (torch.rand(b, generator=gen) >= 0.1).float()[:, None, None, None]
+        return tgt[idx], c, src[idx] * keep
+
+    model = build(ip2p=True)
+    loss = _loop(model, data, steps, batch_size, lr, "ip2p")
+    save("ip2p", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}"})
+    return loss

@@ -1,0 +1,100 @@
+"""The SD1.5-class UNets trained on the synthetic set (text-to-image ``sd``, InstructPix2Pix-style
+``ip2p`` with 8 input channels), loaded as ComfyUI model classes with the 4-channel TAESD-layout
+VAE, and issue 12's spatial measure with the pack's Spatial Instruction.
+
+Thresholds sit below the rates measured when the shipped weights were trained (README, "Edits that
+can be judged"), so a regression in the models, the VAE, the text side or the wiring shows here.
+"""
+
+import numpy as np
+import pytest
+
+from precise_edit.synthetic import evaluate as ev
+from precise_edit.synthetic import evaluate_unet as eu
+from precise_edit.synthetic import judge, models, scenes, training
+
+
+@pytest.fixture(scope="module")
+def vae4():
+    return models.vae("vae4")
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return models.unet("sd")
+
+
+@pytest.fixture(scope="module")
+def ip2p():
+    return models.unet("ip2p")
+
+
+def test_classes_and_layout(vae4, sd, ip2p):
+    import comfy.model_base
+    import comfy.taesd.taesd as taesd
+
+    assert isinstance(vae4.first_stage_model, taesd.TAESD) and vae4.latent_channels == 4
+    assert type(sd.model) is comfy.model_base.BaseModel and sd.model.diffusion_model.in_channels == 4
+    assert isinstance(ip2p.model, comfy.model_base.SD15_instructpix2pix)
+    assert ip2p.model.diffusion_model.in_channels == 8
+    sc = scenes.scenes(500, 8)
+    lat = ev.to_latent(vae4, np.stack([scenes.render(s)[0] for s in sc])) * 0.18215   # ComfyUI's SD1.5 format
+    assert abs(float(lat.mean())) < 0.3 and 0.7 < float(lat.std()) < 1.4
+
+
+@pytest.mark.parametrize("name", ["vae4", "sd", "ip2p"])
+def test_missing_weights_message(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(training, "WEIGHTS", tmp_path)
+    with pytest.raises(training.MissingWeights, match=f"train_synthetic.py {name}"):
+        models.vae(name) if name == "vae4" else models.unet(name)
+
+
+def test_ip2p_uses_the_source_image(ip2p, vae4):
+    """The source reaches the model through ComfyUI's concat_latent_image: the objects the edit does
+    not touch keep their colour in their cell more often than with a blank source (only a little
+    more: the 700-step model mostly regenerates; README)."""
+    pairs = scenes.edits(1001, N_EDIT)
+    with_src, blank = [], []
+    for i, p in enumerate(pairs):
+        src = scenes.render(p.source)[0]
+        touched = {o.cell for o in (p.subject, p.result) if o is not None}
+        kept = [o for o in p.target.objects if o.cell not in touched]
+        a = eu.edit_ip2p(ip2p, vae4, src, p.instruction, i, STEPS)
+        b = eu.edit_ip2p(ip2p, vae4, np.full_like(src, 128), p.instruction, i, STEPS)
+        with_src += [judge.find(a, o.cell).colour == o.colour for o in kept]
+        blank += [judge.find(b, o.cell).colour == o.colour for o in kept]
+    print("ip2p kept colours", np.mean(with_src), np.mean(blank), len(with_src))
+    assert np.mean(with_src) >= IP2P_KEPT_RATE, np.mean(with_src)
+    assert np.mean(with_src) > np.mean(blank), (np.mean(with_src), np.mean(blank))
+
+
+def test_spatial_instruction_puts_the_added_object_in_its_place(ip2p, vae4):
+    """Issue 12's measure on a handful of "add ... at the <place>" edits: the asked colour in the
+    asked cell, plain vs with Spatial Instruction's region as the noise mask; away from the region
+    the result is the source's own VAE round trip (the denoise mask kept the source latent there)."""
+    from scipy.ndimage import binary_dilation
+
+    pairs = scenes.edits(1200, N_SPATIAL, kinds=("add",))
+    v, far_region, far_plain = [], [], []
+    for i, p in enumerate(pairs):
+        images = {}
+        v.append(eu.spatial_verdicts(ip2p, vae4, p, i, STEPS, images=images))
+        src = scenes.render(p.source)[0]
+        rt = ev.to_image(vae4, ev.to_latent(vae4, src[None]))[0].astype(np.float64)
+        far = ~binary_dilation(images["region"][0].numpy() > 0, iterations=16)
+        far_region.append(np.abs(images[eu.VARIANTS[2]].astype(np.float64) - rt)[far].mean())
+        far_plain.append(np.abs(images[eu.VARIANTS[0]].astype(np.float64) - rt)[far].mean())
+    plain = np.mean([x[eu.VARIANTS[0]][0] for x in v])
+    region = np.mean([x[eu.VARIANTS[2]][0] for x in v])
+    print("spatial", region, plain, np.mean(far_region), np.mean(far_plain))
+    assert np.mean(far_region) < FAR_FROM_REGION_ERROR, np.mean(far_region)
+    assert np.mean(far_plain) > 2 * np.mean(far_region), (np.mean(far_plain), np.mean(far_region))
+    assert region >= SPATIAL_REGION_RATE, region
+    assert region >= plain, (region, plain)
+
+
+STEPS = 12
+N_EDIT, N_SPATIAL = 6, 6
+IP2P_KEPT_RATE = 0.2            # measured 3/11 (2/11 with a blank source), 12 steps
+SPATIAL_REGION_RATE = 0.15      # measured 1/6 at 12 steps (plain 1/6; 20 % vs 10 % at n = 20, 20 steps)
+FAR_FROM_REGION_ERROR = 1.0     # measured 0.13 per 8-bit channel (62 for the plain edit)
