@@ -218,7 +218,8 @@ def kv_edit_spatial_instruction() -> Workflow:
     wf = Workflow("kv_edit_spatial_instruction", "KV-Edit - edit a place named in words (FLUX.1-dev)")
     wf.note((20, -230), "**A place named in words as KV-Edit's mask**: Spatial Instruction reads where the edit "
                         "goes (\"in the top left corner\") and gives that place as a MASK at the image's size; KV-Edit "
-                        "Invert records everything outside it (the node's text shows what was understood), KV-Edit Sampler paints only inside it, and KV-Edit "
+                        "Invert records everything outside it (the node's text shows what was understood), "
+                        "KV-Edit Sampler paints only inside it, and KV-Edit "
                         "Pixel Paste keeps the source pixels outside. No mask painting. The target prompt "
                         "describes the whole edited picture.")
     unet, clip, vae = _flux_loaders(wf)
