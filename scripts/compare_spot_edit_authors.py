@@ -6,7 +6,9 @@ diffusers layout (ComfyUI's own ``comfy.utils.flux_to_diffusers`` map for FLUX; 
 uses the diffusers key names already), and the authors' ``generate`` functions run on a
 duck-typed pipeline object that hands them the same text embeddings, source latent and
 noise. The perceptual judge uses a tiny diffusers ``AutoencoderKL`` converted to ComfyUI's
-VAE layout (FLUX). Their code never enters this repository: give the path of a checkout of
+VAE layout (FLUX) and a tiny ``AutoencoderKLQwenImage`` converted to ComfyUI's Wan 2.1 VAE
+layout (Qwen-Image-Edit; their judge's ``vae.to("cuda")`` gets a stand-in that keeps it on the CPU).
+Their code never enters this repository: give the path of a checkout of
 Biangbiang0321/SpotEdit (4830b06) and install ``diffusers``::
 
     git --git-dir=<mirror> archive HEAD | tar -x -C /tmp/authors/SpotEdit
@@ -107,6 +109,55 @@ def tiny_kl_vae(seed=0):
     vae = types.SimpleNamespace(first_stage_model=types.SimpleNamespace(decoder=dec.eval()), patcher=None,
                                 device=torch.device("cpu"), vae_dtype=torch.float32)
     return d.eval(), vae
+
+
+def tiny_qwen_vae(seed=0, base_dim=4):
+    """A tiny diffusers AutoencoderKLQwenImage and the same weights in ComfyUI's Wan 2.1 VAE layout
+    (loaded by ``comfy.sd.VAE`` as a Qwen-Image VAE file would be). Diffusers' names map one to one
+    (``mid_block.resnets.0 / attentions.0 / resnets.1`` = ``middle.0 / 1 / 2``, ``up_blocks.i`` =
+    four ``upsamples`` entries each, ...); every key and shape is checked."""
+    import re
+
+    import comfy.sd
+    from diffusers import AutoencoderKLQwenImage
+
+    d = AutoencoderKLQwenImage(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                               attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in d.named_parameters():
+            noise = 0.05 * torch.randn(p.shape, generator=gen)
+            p.copy_(1 + noise if name.endswith("gamma") else noise)
+    res = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+           "conv_shortcut": "shortcut"}
+
+    def convert(k):
+        k = re.sub(r"^quant_conv", "conv1", k)
+        k = re.sub(r"^post_quant_conv", "conv2", k)
+        k = re.sub(r"^(encoder|decoder)\.conv_in", r"\1.conv1", k)
+        k = re.sub(r"^(encoder|decoder)\.norm_out", r"\1.head.0", k)
+        k = re.sub(r"^(encoder|decoder)\.conv_out", r"\1.head.2", k)
+        k = re.sub(r"mid_block\.attentions\.0", "middle.1", k)
+        k = re.sub(r"mid_block\.resnets\.(\d)", lambda m: f"middle.{2 * int(m.group(1))}", k)
+        k = re.sub(r"^encoder\.down_blocks\.", "encoder.downsamples.", k)
+        k = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)",
+                   lambda m: f"decoder.upsamples.{4 * int(m.group(1)) + int(m.group(2))}", k)
+        k = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0",
+                   lambda m: f"decoder.upsamples.{4 * int(m.group(1)) + 3}", k)
+        parts = k.split(".")
+        if len(parts) >= 3 and parts[-2] in res and (parts[1] in ("downsamples", "upsamples", "middle")):
+            parts[-2:-1] = res[parts[-2]].split(".")
+        return ".".join(parts)
+
+    sd = {convert(k): v.detach().clone() for k, v in d.state_dict().items()}
+    vae = comfy.sd.VAE(sd=dict(sd))
+    vae.throw_exception_if_invalid()
+    ref = vae.first_stage_model.state_dict()
+    if set(ref) != set(sd) or any(ref[k].shape != sd[k].shape for k in sd):
+        raise SystemExit(f"Qwen VAE conversion incomplete: {sorted(set(ref) ^ set(sd))[:6]}")
+    # their judge calls vae.to('cuda'): hand it the decoder and config only (CPU comparison)
+    theirs = types.SimpleNamespace(decoder=d.decoder.eval(), config=d.config, to=lambda *a, **k: None)
+    return theirs, vae
 
 
 def authors_flux(checkout, dm_sd, cfg, prompt, pooled, y_model, noise, steps, judge, tau, dvae):
@@ -224,7 +275,7 @@ class _DropTxtSeqLens(torch.nn.Module):
         return self.tr.dtype
 
 
-def authors_qwen(checkout, tr, prompt, y_model, noise, steps, judge, tau, dilation):
+def authors_qwen(checkout, tr, prompt, y_model, noise, steps, judge, tau, dilation, dvae=None):
     sys.path.insert(0, str(Path(checkout)))
     from diffusers import FlowMatchEulerDiscreteScheduler
     from Qwen_image_edit import qwen_spotedit
@@ -242,18 +293,22 @@ def authors_qwen(checkout, tr, prompt, y_model, noise, steps, judge, tau, dilati
         encode_prompt=lambda **k: (prompt, None),
         prepare_latents=lambda *a, **k: (pack(noise), pack(y_model)),
         progress_bar=lambda total: contextlib.nullcontext(types.SimpleNamespace(update=lambda: None)),
-        maybe_free_model_hooks=lambda: None, interrupt=False, attention_kwargs=None,
+        maybe_free_model_hooks=lambda: None, interrupt=False, attention_kwargs=None, vae=dvae,
     )
     warm, resets = authors_full_steps(steps)
-    conf = SpotEditConfig(threshold=tau, judge_method=judge, initial_steps=warm, reset_steps=sorted(resets),
-                          dilation_radius=dilation)
+    conf = SpotEditConfig(threshold=tau, judge_method={"perceptual": "LPIPS"}.get(judge, judge),
+                          initial_steps=warm, reset_steps=sorted(resets), dilation_radius=dilation)
     counts = []
     real = qwen_spotedit.Spotselect
 
     def spy(self, x0, y, threshold=0.1, method="L4"):
         if conf.threshold is None:
-            s = ((x0 - y).abs() ** 4).mean(dim=-1).mean(dim=0) if method == "L4" else \
-                torch.cosine_similarity(y.flatten(0, 1), x0.flatten(0, 1), dim=-1)
+            if method == "LPIPS":
+                real(self, x0, y, threshold=0.0, method=method)  # builds their judge
+                s = self._lpips_metric(x0, y, image_size=(1024, 1024), vae_downsample_factor=8).mean(dim=0)
+            else:
+                s = ((x0 - y).abs() ** 4).mean(dim=-1).mean(dim=0) if method == "L4" else \
+                    torch.cosine_similarity(y.flatten(0, 1), x0.flatten(0, 1), dim=-1)
             conf.threshold = threshold = _between_middle(s)
         r = real(self, x0, y, threshold=threshold, method=method)
         counts.append(int(dilate_uncached_mask(r, SIDE // 2, SIDE // 2, dilation).logical_not().sum()))
@@ -270,11 +325,11 @@ def authors_qwen(checkout, tr, prompt, y_model, noise, steps, judge, tau, dilati
         conf.threshold
 
 
-def ours_qwen(model, prompt, y_model, noise, sigmas, judge, tau, dilation):
+def ours_qwen(model, prompt, y_model, noise, sigmas, judge, tau, dilation, vae=None):
     y5 = y_model.unsqueeze(2)
     y_user = model.model.process_latent_out(y5)
     cond = [[prompt, {"reference_latents": [y_user]}]]
-    sel = SpotSelector.execute(judge, tau, dilation, "union").args[0]
+    sel = SpotSelector.execute(judge, tau, dilation, "union", vae=vae if judge == "perceptual" else None).args[0]
     patched = SpotFusionSampler.execute(model, sel, 4, 9, "cos2", "authors code").args[0]
     with torch.no_grad():
         out = comfy.sample.sample_custom(patched, noise.unsqueeze(2), 1.0, comfy.samplers.sampler_object("euler"),
@@ -303,10 +358,11 @@ def compare_qwen(args):
     print("| judge | tau | max abs diff of the final latent | mean abs | computed tokens per selective step "
           "(ours vs theirs) |")
     print("|---|---|---|---|---|")
-    for judge in [j for j in args.judges if j != "perceptual"]:
+    dvae, vae = tiny_qwen_vae() if "perceptual" in args.judges else (None, None)
+    for judge in args.judges:
         theirs, sigmas, c_theirs, tau = authors_qwen(args.checkout, tr, prompt, y_model, noise, args.steps, judge,
-                                                     args.tau, 1)
-        ours, c_ours = ours_qwen(model, prompt, y_model, noise, sigmas.float(), judge, tau, 1)
+                                                     args.tau, 1, dvae)
+        ours, c_ours = ours_qwen(model, prompt, y_model, noise, sigmas.float(), judge, tau, 1, vae)
         d = (ours.float() - theirs.float()).abs()
         same = "equal" if c_ours == c_theirs else f"{c_ours} vs {c_theirs}"
         print(f"| {judge} | {tau:.4g} | {d.max():.2e} | {d.mean():.2e} | {same} |")

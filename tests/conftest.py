@@ -78,3 +78,26 @@ def _seeded():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def flux():
+    """The tiny FLUX.1-dev fixture model (seed 0), built once per test module (a module may
+    define its own ``flux``)."""
+    import tiny_models as tm
+
+    return tm.tiny_flux(0)
+
+
+@pytest.fixture
+def comfy_dirs(tmp_path, monkeypatch):
+    """ComfyUI's input / output / temp folders in the test's own temporary folder (use with
+    ``pytestmark = pytest.mark.usefixtures("comfy_dirs")``)."""
+    import folder_paths
+
+    for name in ("input", "output", "temp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+    return tmp_path

@@ -14,7 +14,9 @@ from precise_edit.nodes.common import NodeInputError
 from precise_edit.nodes.kv_edit import engine as ke
 from precise_edit.nodes.kv_edit.nodes import BackgroundKVCache, KVEditSampler, KVInvert, LoadBackgroundKV
 
-from test_kv_edit import _dirs, edit, pixel_mask, source_latent, src_cond  # noqa: F401  (fixtures)
+from test_kv_edit import edit, pixel_mask, source_latent, src_cond
+
+pytestmark = pytest.mark.usefixtures("comfy_dirs")  # conftest.py
 
 HELPERS = Path(__file__).resolve().parent / "comfy_test_helpers"
 

@@ -15,20 +15,8 @@ from precise_edit.nodes.kv_edit.nodes import (BackgroundKVCache, KVEditComposite
 H, W = 64, 96  # pixels -> latent 8 x 12 -> 4 x 6 FLUX tokens
 
 
-@pytest.fixture(scope="module")
-def flux():
-    return tm.tiny_flux(0)
-
-
-@pytest.fixture(autouse=True)
-def _dirs(tmp_path, monkeypatch):
-    import folder_paths
-
-    for name in ("input", "output", "temp"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
-    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
-    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+# ``flux`` (the tiny FLUX.1-dev model) and ``comfy_dirs`` come from conftest.py
+pytestmark = pytest.mark.usefixtures("comfy_dirs")
 
 
 def source_latent(seed=1):

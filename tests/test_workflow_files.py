@@ -112,3 +112,16 @@ def test_source_pictures_come_with_their_region_painted():
         with Image.open(ROOT / "example_workflows" / "input" / name) as im:
             alpha = np.asarray(im)[..., 3]
         assert 0.02 < float((alpha < 128).mean()) < 0.5, name
+
+
+def test_every_pack_node_is_in_a_shipped_workflow():
+    """A node a user should learn appears in some example workflow (which the live-server and
+    browser tests then run and load)."""
+    import asyncio
+
+    from precise_edit.nodes import PreciseEditExtension
+
+    pack = {n.GET_SCHEMA().node_id for n in asyncio.run(PreciseEditExtension().get_node_list())}
+    used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
+    missing = sorted(pack - used)
+    assert not missing, f"pack nodes no example workflow uses: {missing}"

@@ -102,11 +102,11 @@ def test_unknown_node_in_workflow_is_reported(object_info):
         ui_to_api(wf, object_info)
 
 
-def _edit_latent(server, prompt: dict, prefix: str):
-    """Run ``prompt`` with a SaveLatent on the KV-Edit sampler's output; the saved latent."""
+def _edit_latent(server, prompt: dict, prefix: str, sampler_type: str = "KVEditSampler", node_id=None):
+    """Run ``prompt`` with a SaveLatent on the sampler's output (or on node ``node_id``'s); the saved latent."""
     import safetensors.torch
 
-    sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "KVEditSampler")
+    sampler = node_id or next(nid for nid, n in prompt.items() if n["class_type"] == sampler_type)
     prompt = json.loads(json.dumps(prompt))
     prompt["lora_check_save"] = {"class_type": "SaveLatent",
                                  "inputs": {"samples": [sampler, 0], "filename_prefix": f"lora_check/{prefix}"}}
@@ -116,39 +116,51 @@ def _edit_latent(server, prompt: dict, prefix: str):
     return safetensors.torch.load_file(str(saved[-1]))["latent_tensor"]
 
 
-def test_lora_changes_kv_edit(server, object_info):
-    """A LoRA on the diffusion model must change a KV-Edit (inversion and edit both use the
-    LoRA model). With fixture VAEs that encode to latents of ~4e7 it did not: the model's
-    output was swamped by the latent, so weight-related regressions went unseen."""
+LORA_CASES = {
+    # KV-Edit: inversion and edit both use the LoRA model
+    "kv_edit_flux_dev": ("KV-Edit - edit a masked region (FLUX.1-dev).json", "flux_dev", "KVEditSampler"),
+    # SpotEdit on Qwen-Image-Edit: the Wan VAE fixture encodes to |x| ~ 1 as well
+    "spot_edit_qwen": ("SpotEdit - fast instruction edit (Qwen-Image-Edit).json", "qwen_image", "KSampler"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LORA_CASES))
+def test_lora_changes_the_edit(server, object_info, case):
+    """A LoRA on the diffusion model must change an edit. With fixture VAEs that encoded to
+    latents of ~4e7 (TAESD) or ~0.05 (Wan) it did not, or barely: the model's output was
+    swamped by (or negligible next to) the latent, so weight-related regressions went unseen."""
     import tiny_models as tm
 
-    path = PACK_DIR / "example_workflows" / "KV-Edit - edit a masked region (FLUX.1-dev).json"
+    name, fam, sampler_type = LORA_CASES[case]
+    path = PACK_DIR / "example_workflows" / name
     prompt = ui_to_api(json.loads(path.read_text()), object_info)
     family = swap_loaders(prompt)
-    assert family == "flux_dev"
+    assert family == fam
     shrink_resolution(prompt)
     write_input_images(prompt, server.base / "input")
-    n_layers = write_tiny_lora(tm.FIXTURES[family].model(0), server.base / "models" / "loras" / "pe_tiny_lora.safetensors")
+    lora = f"pe_tiny_lora_{family}.safetensors"
+    n_layers = write_tiny_lora(tm.FIXTURES[family].model(0), server.base / "models" / "loras" / lora)
     assert n_layers > 10
-    plain = _edit_latent(server, prompt, "plain")
-    assert float(plain.abs().mean()) < 10, "the fixture VAE should give latents of realistic scale (|x| ~ 1)"
+    encode = next(nid for nid, n in prompt.items() if n["class_type"] == "VAEEncode")
+    source = _edit_latent(server, prompt, f"{case}_source", node_id=encode)
+    scale = float(source.abs().mean())
+    assert 0.2 < scale < 10, f"the fixture VAE should give latents of realistic scale (|x| ~ 1), got {scale:.3g}"
+    plain = _edit_latent(server, prompt, f"{case}_plain", sampler_type)
 
     unet = next(nid for nid, n in prompt.items() if n["class_type"] == "PETestTinyModel")
     with_lora = json.loads(json.dumps(prompt))
     for node in with_lora.values():
-        for name, value in node["inputs"].items():
+        for inp, value in node["inputs"].items():
             if value == [unet, 0]:
-                node["inputs"][name] = ["lora_check_lora", 0]
+                node["inputs"][inp] = ["lora_check_lora", 0]
     with_lora["lora_check_lora"] = {"class_type": "LoraLoaderModelOnly",
-                                    "inputs": {"model": [unet, 0], "lora_name": "pe_tiny_lora.safetensors",
-                                               "strength_model": 1.0}}
-    edited = _edit_latent(server, with_lora, "lora")
+                                    "inputs": {"model": [unet, 0], "lora_name": lora, "strength_model": 1.0}}
+    edited = _edit_latent(server, with_lora, f"{case}_lora", sampler_type)
     zero = json.loads(json.dumps(with_lora))
     zero["lora_check_lora"]["inputs"]["strength_model"] = 0.0
-    unchanged = _edit_latent(server, zero, "zero")
+    unchanged = _edit_latent(server, zero, f"{case}_zero", sampler_type)
     assert torch.equal(unchanged, plain), "a LoRA at strength 0 must not change the edit"
     diff = (edited - plain).abs()
-    # relative to the latent's own size (at |x| ~ 4e7 a LoRA's change vanishes in rounding)
-    print(f"LoRA change: max {float(diff.max()):.4g}, latent max {float(plain.abs().max()):.4g}")
+    print(f"{case} LoRA change: max {float(diff.max()):.4g}, latent max {float(plain.abs().max()):.4g}")
     assert float(diff.max()) > 1e-3 * float(plain.abs().max()), (
-        f"the LoRA did not change the KV-Edit result (max difference {float(diff.max()):.3g})")
+        f"the LoRA did not change the {case} result (max difference {float(diff.max()):.3g})")

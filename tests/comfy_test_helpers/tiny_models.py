@@ -171,14 +171,23 @@ def tiny_taesd_vae(latent_channels: int, seed: int = 0):
 def tiny_wan_vae(seed: int = 0, dim: int = 8):
     """A narrow Wan 2.1 VAE (Qwen-Image's VAE architecture), loaded from its state dict.
 
-    It encodes pictures to latents of standard deviation ~0.05 (the TAESD fixtures: ~1). Not
-    rescaled: SpotEdit's perceptual-judge tests are calibrated on this decoder as it is."""
+    Random weights alone encode pictures to latents of standard deviation ~0.05, at which a
+    model's output is small next to nothing and the perceptual judge's first decoder conv sees
+    almost only its bias. The encoder's quant conv (``conv1``, the mean half) is divided by that
+    spread and the post-quant conv (``conv2``) multiplied by it, so pictures encode to latents of
+    standard deviation ~1 (as the TAESD fixtures do) and the round trip decodes the same picture."""
     import comfy.ldm.wan.vae as wan_vae
 
     net = wan_vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                          temperal_downsample=[False, True, True], dropout=0.0)
     _fill(net, seed, scale=0.05)
-    vae = comfy.sd.VAE(sd={k: v.detach().clone() for k, v in net.state_dict().items()})
+    sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    spread = _latent_std(comfy.sd.VAE(sd=dict(sd)))
+    z = net.z_dim
+    sd["conv1.weight"][:z] /= spread
+    sd["conv1.bias"][:z] /= spread
+    sd["conv2.weight"] *= spread
+    vae = comfy.sd.VAE(sd=sd)
     vae.throw_exception_if_invalid()
     return vae
 
