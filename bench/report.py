@@ -23,6 +23,8 @@ def load_records(out: Path, method_dirs: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ROW_COLUMNS = ["case_id", "method", "method_dir", "editing_type_id", "editing_type", "status", "error", "seconds",
+               "finished_at", "server", "attempts", "mask_convention", "notes", "edited_image"]  # then the metrics
 METRIC_NAMES = [  # EditMetrics' names (nodes/evaluation/measure.py METRICS)
     "structure_distance", "psnr_unedit_part", "lpips_unedit_part", "mse_unedit_part", "ssim_unedit_part",
     "psnr_edit_part", "lpips_edit_part", "mse_edit_part", "ssim_edit_part", "clip_similarity_source_image",
@@ -34,8 +36,6 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def write_reports(out: Path, method_dirs: list[str]) -> pd.DataFrame:
-    from .runner import ROW_COLUMNS
-
     df = load_records(out, method_dirs)
     if df.empty:
         df = pd.DataFrame(columns=ROW_COLUMNS)

@@ -6,7 +6,7 @@ Output folder (stable: later tools such as a rating page read it)::
     OUT/cases/<method>/<case_id>/      one folder per case and method
         edited.png                     the edit as the workflow's output node saved it
         record.json                    that case's row (metrics, seconds, server, status, error)
-    OUT/results.csv, results.parquet   one row per case and method (columns: see ROW_COLUMNS + metrics)
+    OUT/results.csv, results.parquet   one row per case and method (columns: report.ROW_COLUMNS + metrics)
     OUT/failures.csv                   the failed rows with their messages
     OUT/summary_by_method.csv          mean of every metric, ok/failed counts, seconds per case
     OUT/summary_by_type.csv            the same per method and editing type
@@ -30,9 +30,8 @@ from tqdm import tqdm
 from .client import ServerError
 from .dataset import Case, case_inputs, mask_png, rgba_with_mask
 from .method import MetricSettings, Method, execute_case
+from .report import write_reports
 
-ROW_COLUMNS = ["case_id", "method", "method_dir", "editing_type_id", "editing_type", "status", "error", "seconds",
-               "finished_at", "server", "attempts", "mask_convention", "notes", "edited_image"]
 
 
 @dataclass
@@ -157,8 +156,6 @@ def run(cfg: RunConfig, cases: list[Case]) -> dict:
     else:
         _run_local(ready, cfg, bar)
     bar.close()
-    from .report import write_reports
-
     table = write_reports(cfg.out, [method_dir(cfg, m) for m in cfg.methods])
     wall = time.perf_counter() - t0
     failed = int((table["status"] != "ok").sum()) if len(table) else 0

@@ -1,4 +1,4 @@
-"""Make a human rating study from a runner output folder or a CSV of image pairs (bench/rating_cli.py).
+"""Make a human rating study from a runner output folder or a CSV of image pairs (server/cli.py).
 
     python scripts/rating_study.py --run runs/first --user-dir ComfyUI/user
     python scripts/rating_study.py --csv pairs.csv --user-dir ComfyUI/user
@@ -11,6 +11,6 @@ from pack_import import import_pack
 
 if __name__ == "__main__":
     import_pack()
-    from precise_edit.bench.rating_cli import main
+    from precise_edit.server.cli import main
 
     sys.exit(main())

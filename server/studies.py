@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .store import Invalid, NewItem, RatingStore
+from .store import Invalid, NewItem
 
 CSV_COLUMNS = ("source", "instruction", "method", "edited")
 

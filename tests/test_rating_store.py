@@ -219,7 +219,7 @@ def test_items_from_arrays_checks_batches():
 
 
 def test_cli_makes_a_study_from_a_csv(tmp_path, capsys):
-    from precise_edit.bench.rating_cli import main
+    from precise_edit.server.cli import main
 
     for name, color in (("src.png", "red"), ("a.png", "green"), ("b.png", "blue")):
         Image.new("RGB", (8, 8), color).save(tmp_path / name)

@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address, for the printed links")
     args = ap.parse_args(argv)
 
-    from ..server.store import Invalid, RatingStore
-    from ..server.studies import items_from_csv, items_from_run
+    from .store import Invalid, RatingStore
+    from .studies import items_from_csv, items_from_run
 
     try:
         if args.run:
