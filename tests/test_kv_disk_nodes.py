@@ -9,21 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import tiny_models as tm
 from precise_edit.nodes.common import NodeInputError
 from precise_edit.nodes.kv_edit import engine as ke
-from precise_edit.nodes.kv_edit.nodes import BackgroundKVCache, KVEditSampler, KVInvert, LoadBackgroundKV
+from precise_edit.nodes.kv_edit.nodes import BackgroundKVCache, KVInvert, LoadBackgroundKV
 
 from test_kv_edit import edit, pixel_mask, source_latent, src_cond
 
 pytestmark = pytest.mark.usefixtures("comfy_dirs")  # conftest.py
 
 HELPERS = Path(__file__).resolve().parent / "comfy_test_helpers"
-
-
-@pytest.fixture(scope="module")
-def flux():
-    return tm.tiny_flux(0)
 
 
 def invert(model, place, folder="", storage="bf16", limit=0.0, steps=6, mask="irregular"):
@@ -83,7 +77,6 @@ def test_vanished_or_changed_disk_record_is_a_clear_error(flux, tmp_path):
     with pytest.raises(NodeInputError, match=r"^KVEditSampler: the record file .* no longer exists"):
         edit(flux, rec)
     path.write_bytes(data[:-8] + bytes(8))  # same size, last bytes (a key/value entry) changed
-    rec2 = LoadBackgroundKV  # noqa: F841
     from precise_edit.kernels.kv_record import BackgroundRecord
 
     reopened = BackgroundRecord.load(str(path), stream=True)

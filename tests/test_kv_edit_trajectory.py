@@ -16,11 +16,6 @@ H, W = 64, 96
 
 
 @pytest.fixture(scope="module")
-def flux():
-    return tm.tiny_flux(0)
-
-
-@pytest.fixture(scope="module")
 def record(flux):
     lat = {"samples": torch.randn(1, 16, H // 8, W // 8, generator=torch.Generator().manual_seed(1))}
     m = torch.zeros(1, H, W)

@@ -20,11 +20,6 @@ H, W = 64, 96
 
 
 @pytest.fixture(scope="module")
-def flux():
-    return tm.tiny_flux(0)
-
-
-@pytest.fixture(scope="module")
 def record(flux):
     latent = {"samples": torch.randn(1, 16, H // 8, W // 8, generator=torch.Generator().manual_seed(1))}
     rec = KVInvert.execute(flux, latent, _mask(), _cond("a cat", 1.5), 4, mask_guided=False, storage="fp32",
