@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import scenes, text
-from .training import save, check_writable, weight_path
+from .training import check_writable, optimise, save, weight_path
 
 LATENT_SCALE, LATENT_SHIFT = 0.3611, 0.1159   # ComfyUI's FLUX latent format
 
@@ -152,14 +152,7 @@ def _loop(dm, data, steps, batch_size, lr, label, seed=0):
         kw = {"ref_latents": [ref]} if ref is not None else {}
         out = dm(xt, t, ctx, y=pooled, guidance=g, transformer_options=training_options(dm), **kw)
         loss = (out - (noise - x0)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            print(f"{label} step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        ema = optimise(loss, opt, sched, params, ema, step, steps, label, t0)
     return ema
 
 

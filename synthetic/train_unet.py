@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import scenes, text
-from .training import check_writable, save, weight_path
+from .training import check_writable, optimise, save, weight_path
 
 SD_SCALE = 0.18215
 CHANNELS = 32
@@ -106,14 +106,7 @@ def _loop(model, data, steps, batch_size, lr, label, seed=0):
             xt = torch.cat([xt, concat], 1)
         out = dm(xt, timesteps=t.float(), context=ctx)
         loss = (out - eps).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            print(f"{label} step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        ema = optimise(loss, opt, sched, params, ema, step, steps, label, t0)
     return ema
 
 

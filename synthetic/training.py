@@ -66,3 +66,18 @@ def check_writable(name: str, force: bool) -> None:
     path = weight_path(name, must_exist=False)
     if path.exists() and not force:
         raise SystemExit(f"{path} exists (shipped weights); pass --force to overwrite it")
+
+
+def optimise(loss, opt, sched, params, ema, step: int, steps: int, label: str, t0: float):
+    """One optimiser step (gradient clipped to norm 1) and the running loss, printed every 50 steps."""
+    import time
+
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+    if step % 50 == 0 or step == steps - 1:
+        print(f"{label} step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", flush=True)
+    return ema
