@@ -23,7 +23,8 @@ ComfyUI's FLUX at hidden 1024 (8 heads, 2 double + 4 single blocks, fp32, CPU), 
 image (1024 image tokens) with 512 text tokens, 8 steps, skip 2, a 25% mask; their
 ``inverse`` (which runs the steps after ``skip`` only) against KVInvert with
 ``record_from_step = skip`` (bf16 and fp32 records, in CPU memory), their ``denoise`` against
-KVEditSampler; interleaved, one warm-up round dropped, median and best of ``--runs``.
+KVEditSampler, and the two FLUX implementations alone (every token, as many calls as the inversion);
+interleaved, one warm-up round dropped, median and best of ``--runs``.
 """
 from __future__ import annotations
 
@@ -169,7 +170,24 @@ def timing(args, model_mod, sampling, kv) -> None:
         return KVInvert.execute(comfy, {"samples": user.clone()}, mask, cond(0, 1.5), steps, False, storage, "cpu",
                                 record_from_step=skip, mask_resize="bilinear", sigmas=sigmas.clone()).args[0]
 
-    names = ("their inverse", "KVInvert bf16", "KVInvert fp32", "their denoise", "KVEditSampler (bf16 record)")
+    base = model_mod.Flux(theirs.params).float().eval()  # their FLUX without KV-Edit's blocks
+    base.load_state_dict(comfy.model.diffusion_model.state_dict())
+    dm = comfy.model.diffusion_model
+    n_calls = steps - skip
+
+    @torch.inference_mode()
+    def forwards(which):  # the model alone, every token, as many calls as an inversion makes
+        for i in range(n_calls):
+            t = torch.full((1,), float(sigmas[i]))
+            g = torch.full((1,), 1.5)
+            if which == "theirs":
+                base(img=packed, img_ids=ids, txt=txt[0], txt_ids=torch.zeros(1, TXT, 3), timesteps=t, y=vec[0],
+                     guidance=g)
+            else:
+                dm(z, t, txt[0], y=vec[0], guidance=g, transformer_options={})
+
+    names = ("their inverse", "KVInvert bf16", "KVInvert fp32", "their denoise", "KVEditSampler (bf16 record)",
+             "their FLUX forward alone", "ComfyUI FLUX forward alone")
     times = {n: [] for n in names}
     for r in range(args.runs + 1):  # round 0 warms up and is dropped
         t0 = time.perf_counter()
@@ -185,9 +203,13 @@ def timing(args, model_mod, sampling, kv) -> None:
         t4 = time.perf_counter()
         KVEditSampler.execute(comfy, rec, cond(1, 5.5), 0, skip, False, 1.0, "paper")
         t5 = time.perf_counter()
+        forwards("theirs")
+        t6 = time.perf_counter()
+        forwards("comfy")
+        t7 = time.perf_counter()
         del info, rec
         if r:
-            for n, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            for n, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
                 times[n].append(dt)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); load average at the end {os.getloadavg()[0]:.1f}")
@@ -198,7 +220,8 @@ def timing(args, model_mod, sampling, kv) -> None:
           f"{TXT} text tokens, {steps} steps, skip {skip}, 25% mask, attn_scale 1; {args.runs} interleaved runs\n")
     print("| loop | median | best | median vs theirs | best vs theirs |\n|---|---:|---:|---:|---:|")
     for n in names:
-        ref = times["their inverse" if "nvert" in n or "inverse" in n else "their denoise"]
+        ref = times["their inverse" if "nvert" in n or "inverse" in n else
+                    "their FLUX forward alone" if "alone" in n else "their denoise"]
         med, best = statistics.median(times[n]), min(times[n])
         print(f"| {n} | {med:.2f} s | {best:.2f} s | {med / statistics.median(ref):.2f}x | {best / min(ref):.2f}x |")
 
