@@ -170,3 +170,54 @@ def test_qwen_image_keeps_another_nodes_block_patch():
     assert len(seen) == 4 * n_blocks
     assert [n for _, n in seen[:n_blocks]] == [48] * n_blocks   # full step: image + reference tokens
     assert [n for _, n in seen[-n_blocks:]] == [6] * n_blocks   # selective step: 6 active tokens
+
+
+def test_authors_code_settled_keys_are_each_tokens_latest_keys(s):
+    """Authors code: attention on a selective step sees, for every settled token, the latest
+    keys/values computed for it, practically unmixed with the reference (their weight
+    cos^2(pi/2 sigma/1000) ~ 1 - 1e-6), not the paper's cos^2 mix. (Here the judge keeps the
+    same 5 tokens active on every selective step, so every settled key is a full step's.)"""
+    sel = SpotSelector.execute("L4", 5.0, 0, "union").args[0]
+    model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, "cos2", "authors code").args[0]
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    orig = state.controller._make_override
+    seen = []
+
+    def spy(previous):
+        inner = orig(previous)
+
+        def override(func, q, k, v, heads, *a, **kw):
+            to = kw.get("transformer_options") or {}
+
+            def attention(q2, k2, v2, *a2, **kw2):
+                if to.get("block_type") == "double" and to.get("block_index") == 0:
+                    seen.append((k.shape[2], k2.clone(), v2.clone()))
+                return func(q2, k2, v2, *a2, **kw2)
+            return inner(attention, q, k, v, heads, *a, **kw)
+        return override
+
+    state.controller._make_override = spy
+    try:
+        _sample(s, model, steps=10)
+    finally:
+        state.controller._make_override = orig
+    history = state.last.history
+    assert [full for _, full, _ in history] == [True, False, False, True, True, False, True, False, False, False]
+    n_img = 24
+    latest_k, latest_v, checked = None, None, 0
+    for (step, full, active), (computed, k2, v2) in zip(history, seen):
+        if full:
+            txt = computed - 2 * n_img
+            latest_k, latest_v = k2[:, :, txt:txt + n_img].clone(), v2[:, :, txt:txt + n_img].clone()
+            continue
+        flat = active.flatten()
+        idx_a, idx_s = flat.nonzero().flatten(), (~flat).nonzero().flatten()
+        txt = computed - idx_a.numel()
+        got_k = k2[:, :, computed:computed + idx_s.numel()]
+        got_v = v2[:, :, computed:computed + idx_s.numel()]
+        assert torch.allclose(got_k, latest_k[:, :, idx_s], atol=1e-4), step
+        assert torch.allclose(got_v, latest_v[:, :, idx_s], atol=1e-4), step
+        checked += 1
+        latest_k[:, :, idx_a] = k2[:, :, txt:computed]
+        latest_v[:, :, idx_a] = v2[:, :, txt:computed]
+    assert checked == 6
