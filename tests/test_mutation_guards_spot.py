@@ -221,3 +221,41 @@ def test_authors_code_settled_keys_are_each_tokens_latest_keys(s):
         latest_k[:, :, idx_a] = k2[:, :, txt:computed]
         latest_v[:, :, idx_a] = v2[:, :, txt:computed]
     assert checked == 6
+
+
+def test_authors_code_qwen_perceptual_judge_runs_once_per_segment(monkeypatch):
+    """Authors code on Qwen-Image: their 16-frame perceptual judge (the model's latent
+    mean/std) decides on the first selective step after a full step and that selection is
+    kept until the next full step; the reference is encoded once per run."""
+    from precise_edit.nodes.spot_edit import patch as spot_patch
+
+    shape = (1, 16, 1, 8, 12)
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    base = tm.tiny_qwen_image(0)
+    cond = tm.stub_conditioning("qwen_image", "make the sky red", reference_latents=[y])
+    neg = tm.stub_conditioning("qwen_image", "", reference_latents=[y])
+    vae = tm.tiny_wan_vae()
+    lf = base.model.latent_format
+    calls = []
+    real = spot_patch.authors_qwen_features
+
+    def feats(v, latent, mean, std):
+        assert torch.equal(mean, lf.latents_mean.flatten()) and torch.equal(std, lf.latents_std.flatten())
+        calls.append(latent.shape)
+        return real(v, latent, mean, std)
+
+    monkeypatch.setattr(spot_patch, "authors_qwen_features", feats)
+    sel = SpotSelector.execute("perceptual", 1.8, 0, "union", vae=vae).args[0]
+    model = SpotFusionSampler.execute(base, sel, WARMUP, 0, "cos2", "authors code").args[0]
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        comfy.sample.sample(model, noise, 10, 1.0, "euler", "simple", cond, neg, torch.zeros(shape), seed=0,
+                            disable_pbar=True)
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    history = state.last.history
+    selective = [(st, a) for st, full, a in history if not full]
+    assert [st for st, _ in selective] == [1, 2, 5, 7, 8, 9]  # full steps 0, 3, 4, 6 (their list at 10 steps)
+    assert len(calls) == 1 + 3  # the reference once, one estimate per run of selective steps
+    by_step = dict(selective)
+    assert torch.equal(by_step[1], by_step[2]) and torch.equal(by_step[7], by_step[8]) \
+        and torch.equal(by_step[8], by_step[9])
