@@ -259,3 +259,27 @@ def test_authors_code_qwen_perceptual_judge_runs_once_per_segment(monkeypatch):
     by_step = dict(selective)
     assert torch.equal(by_step[1], by_step[2]) and torch.equal(by_step[7], by_step[8]) \
         and torch.equal(by_step[8], by_step[9])
+
+
+def test_fusion_happens_when_the_image_has_more_tokens_than_a_head_has_channels(s):
+    """Real latents have far more tokens (thousands) than a head has channels (128); the
+    fusion must depend on the token count of the cache, not on the head size. Here 36 image
+    tokens > the tiny model's 64 / 2 channels per head."""
+    shape = (1, 16, 12, 12)
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    cond = tm.stub_conditioning("flux", "make the sky red", reference_latents=[y])
+    neg = tm.stub_conditioning("flux", "", reference_latents=[y])
+    mask = torch.zeros(1, 96, 96)
+    mask[0, :32, :48] = 1
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=mask).args[0]
+    outs = {}
+    for fusion in ("cos2", "static"):
+        model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, fusion).args[0]
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            outs[fusion] = comfy.sample.sample(model, noise, 6, 1.0, "euler", "simple", cond, neg,
+                                               torch.zeros(shape), seed=0, disable_pbar=True)
+    computed = torch.zeros(shape, dtype=torch.bool)
+    computed[..., :4, :6] = True
+    assert (outs["cos2"][computed] - outs["static"][computed]).abs().max().item() > 1e-3
+    assert torch.equal(outs["cos2"][~computed], y[~computed])
