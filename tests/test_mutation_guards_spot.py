@@ -283,3 +283,23 @@ def test_fusion_happens_when_the_image_has_more_tokens_than_a_head_has_channels(
     computed[..., :4, :6] = True
     assert (outs["cos2"][computed] - outs["static"][computed]).abs().max().item() > 1e-3
     assert torch.equal(outs["cos2"][~computed], y[~computed])
+
+
+def test_two_reference_latents_edit_against_the_first(s):
+    """FLUX.1 Kontext with two ReferenceLatent nodes chained: the cache holds both references'
+    tokens; the rotation and the fusion use the first one (the source), and the settled tokens
+    end on it."""
+    y2 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+    cond = tm.stub_conditioning("flux", "make the sky red", reference_latents=[s.y, y2])
+    neg = tm.stub_conditioning("flux", "", reference_latents=[s.y, y2])
+    model = _patched(s, "cos2")
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = comfy.sample.sample(model, noise, 6, 1.0, "euler", "simple", cond, neg, torch.zeros(SHAPE),
+                                  seed=0, disable_pbar=True)
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    assert state.controller.last_img_ids.shape[1] == 3 * 24
+    assert [full for _, full, _ in state.last.history] == [True, True, False, False, False, False]
+    settled = _settled()
+    assert torch.equal(out[settled], s.y[settled])
+    assert torch.isfinite(out).all()
