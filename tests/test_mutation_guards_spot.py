@@ -303,3 +303,36 @@ def test_two_reference_latents_edit_against_the_first(s):
     settled = _settled()
     assert torch.equal(out[settled], s.y[settled])
     assert torch.isfinite(out).all()
+
+
+def test_authors_code_flux_perceptual_judge_decodes_the_estimate_once_per_selective_step(s, monkeypatch):
+    """Authors code on FLUX.1 Kontext: their perceptual judge decodes the user-space estimate
+    on every selective step (no frozen selection on FLUX), with the reference decoded once and
+    the VAE loaded once per run, together with the model."""
+    import comfy.model_management
+    from precise_edit.nodes.spot_edit import patch as spot_patch
+
+    vae = tm.tiny_taesd_vae(16)
+    loads, passes = [], []
+    real_load, real_feats = comfy.model_management.load_models_gpu, spot_patch.decoder_features
+
+    def load(models, *a, **k):
+        if any(m is vae.patcher for m in models):
+            loads.append(len(models))
+        return real_load(models, *a, **k)
+
+    def feats(v, latent, load=True):
+        passes.append("reference" if torch.equal(latent.float().cpu(), s.y.float()) else "estimate")
+        return real_feats(v, latent, load)
+
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu", load)
+    monkeypatch.setattr(spot_patch, "decoder_features", feats)
+    sel = SpotSelector.execute("perceptual", 0.5, 1, "union", vae=vae).args[0]
+    model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, "cos2", "authors code").args[0]
+    _sample(s, model, steps=10)
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    assert state.last.judge.startswith("perceptual (")
+    n_selective = sum(1 for _, full, _ in state.last.history if not full)
+    assert n_selective > 0
+    assert loads == [2]  # the VAE with the diffusion model, once
+    assert passes.count("reference") == 1 and passes.count("estimate") == 6  # steps 1, 2, 5, 7, 8, 9
