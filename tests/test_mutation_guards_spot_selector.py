@@ -235,3 +235,21 @@ def test_perceptual_judge_loads_the_vae_with_the_diffusion_model(monkeypatch):
     run2 = _run(FLUX)
     sel.active(x0, y, HW, 2, run2)  # no model patcher known: the VAE alone
     assert loads[1:] == [(vae,)]
+
+
+def test_judge_and_mode_descriptions_shown_on_the_nodes():
+    """The text SpotSelector and SpotEditPreview show for each judge and mode, whole."""
+    import tiny_models as tm
+    from precise_edit.nodes.families import FLUX, QWEN_IMAGE
+    from precise_edit.nodes.spot_edit.patch import SpotState
+
+    assert Selector(judge="L4").describe() == "L4 (mean |difference|^4 over latent channels)"
+    assert Selector(judge="cosine").describe() == "cosine (1 - token cosine similarity)"
+    authors = ("authors code: their full steps (0-3, 13, 22, 31 of 50, scaled to the step count), their cache "
+               "(a = cos^2(pi/2 * sigma/1000), latest keys of every token), settled tokens keep the previous "
+               "step's velocity")
+    assert SpotState(FLUX, 2, Selector(), 4, 9, "cos2", "authors code").describe() == authors
+    assert SpotState(QWEN_IMAGE, 2, Selector(), 4, 9, "cos2", "authors code").describe() == \
+        authors + "; Qwen-Image: selection kept until the next full step"
+    assert SpotState(QWEN_IMAGE, 2, Selector(), 4, 9, "static").describe() == \
+        "paper: warm-up 4, a full step every 9 steps, static fusion, settled tokens land on the source"
