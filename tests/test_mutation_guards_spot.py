@@ -336,3 +336,24 @@ def test_authors_code_flux_perceptual_judge_decodes_the_estimate_once_per_select
     assert n_selective > 0
     assert loads == [2]  # the VAE with the diffusion model, once
     assert passes.count("reference") == 1 and passes.count("estimate") == 6  # steps 1, 2, 5, 7, 8, 9
+
+
+def test_judge_sees_the_previous_steps_clean_estimate(s):
+    """The selection of a selective step is the judge applied to the clean estimate x - sigma v
+    of the step before (the sampler's preview), against the source."""
+    from precise_edit.kernels import spot
+
+    sel = SpotSelector.execute("L4", 100000.0, 0, "union").args[0]
+    model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, "cos2").args[0]
+    previews = {}
+    _sample(s, model, callback=lambda step, x0, x, total: previews.__setitem__(step, x0.clone()))
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    checked = 0
+    for step, full, active in state.last.history:
+        if full:
+            continue
+        x0_user = s.model.model.process_latent_out(previews[step - 1])
+        want, _ = spot.select_active(spot.scores_l4(x0_user, s.y, 2), 100000.0)
+        assert torch.equal(active, want[0]), step
+        checked += 1
+    assert checked >= 2
