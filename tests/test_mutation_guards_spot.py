@@ -357,3 +357,30 @@ def test_judge_sees_the_previous_steps_clean_estimate(s):
         assert torch.equal(active, want[0]), step
         checked += 1
     assert checked >= 2
+
+
+def test_authors_code_with_every_token_reusable_keeps_the_previous_prediction(s):
+    """Authors code, a tau at which the judge reuses every token: a selective step has nothing to
+    compute (no model call with zero image tokens, which ComfyUI's FLUX cannot run); every token
+    keeps the previous step's prediction, so the clean estimate moves on with the same velocity."""
+    sel = SpotSelector.execute("L4", 1e9, 0, "union").args[0]
+    model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, "cos2", "authors code").args[0]
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    calls = []
+    orig = state.controller._post_input
+
+    def counting(args):
+        calls.append(1)
+        return orig(args)
+
+    state.controller._post_input = counting
+    try:
+        out = _sample(s, model, steps=6)
+    finally:
+        state.controller._post_input = orig
+    history = state.last.history
+    full = [f for _, f, _ in history]
+    assert full.count(False) >= 2
+    assert len(calls) == full.count(True)  # only the full steps ran the model
+    assert torch.isfinite(out).all()
+    assert all(not bool(a.any()) for _, f, a in history if not f)

@@ -321,6 +321,12 @@ class SpotState:
                 run.caches[key] = new_cache
                 self._reference_rotation(run, x.device)
             run.history.append((step, True, None))
+        elif not bool(active.any()):
+            # authors code, every token judged reusable: each keeps its previous prediction (their
+            # settled-token update), so there is nothing for the model to compute
+            out = run.velocity[key].to(x.device).clone()
+            run.last_settled = torch.ones_like(active.cpu())
+            run.history.append((step, False, active.cpu()))
         else:
             out = self._selective(run, key, cache, active, sigma, x, executor, args, kwargs)
             run.history.append((step, False, active.cpu()))
