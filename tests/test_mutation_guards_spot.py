@@ -50,21 +50,9 @@ def _settled():
     return settled
 
 
-def test_fusion_schedule_changes_the_edit(s):
-    """cos^2 fusion mixes reference keys/values into the cache; a static cache does not: the
-    computed tokens differ, the settled ones are the source in both."""
-    outs = {f: _sample(s, _patched(s, f)) for f in ("cos2", "static")}
-    settled = _settled()
-    for out in outs.values():
-        assert torch.equal(out[settled], s.y[settled])
-    assert (outs["cos2"][~settled] - outs["static"][~settled]).abs().max().item() > 1e-3
-
-
-def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
-    """What attention sees for settled tokens on a selective step: a * cached + (1 - a) * reference
-    keys (the reference key rotated to the image position) and values, a = cos^2(pi sigma / 2),
-    from the last full step's record."""
-    model = _patched(s, "cos2")
+def _first_block_attention(s, model, **sample):
+    """Sample with ``model`` and return, for every model call, what the first double block's
+    attention received: (sigma, keys computed before the cache was appended, keys, values)."""
     state = model.model_options["transformer_options"]["precise_edit_spot"]
     orig = state.controller._make_override
     seen = []
@@ -84,9 +72,29 @@ def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
 
     state.controller._make_override = spy
     try:
-        _sample(s, model)
+        _sample(s, model, **sample)
     finally:
         state.controller._make_override = orig
+    return seen
+
+
+def test_fusion_schedule_changes_the_edit(s):
+    """cos^2 fusion mixes reference keys/values into the cache; a static cache does not: the
+    computed tokens differ, the settled ones are the source in both."""
+    outs = {f: _sample(s, _patched(s, f)) for f in ("cos2", "static")}
+    settled = _settled()
+    for out in outs.values():
+        assert torch.equal(out[settled], s.y[settled])
+    assert (outs["cos2"][~settled] - outs["static"][~settled]).abs().max().item() > 1e-3
+
+
+def test_settled_keys_are_the_cos2_mix_of_cache_and_reference(s):
+    """What attention sees for settled tokens on a selective step: a * cached + (1 - a) * reference
+    keys (the reference key rotated to the image position) and values, a = cos^2(pi sigma / 2),
+    from the last full step's record."""
+    model = _patched(s, "cos2")
+    state = model.model_options["transformer_options"]["precise_edit_spot"]
+    seen = _first_block_attention(s, model)
     n_img = 24
     full_k, full_v = seen[WARMUP - 1][2], seen[WARMUP - 1][3]  # the last full step's record
     txt = full_k.shape[2] - 2 * n_img
@@ -180,27 +188,7 @@ def test_authors_code_settled_keys_are_each_tokens_latest_keys(s):
     sel = SpotSelector.execute("L4", 5.0, 0, "union").args[0]
     model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, "cos2", "authors code").args[0]
     state = model.model_options["transformer_options"]["precise_edit_spot"]
-    orig = state.controller._make_override
-    seen = []
-
-    def spy(previous):
-        inner = orig(previous)
-
-        def override(func, q, k, v, heads, *a, **kw):
-            to = kw.get("transformer_options") or {}
-
-            def attention(q2, k2, v2, *a2, **kw2):
-                if to.get("block_type") == "double" and to.get("block_index") == 0:
-                    seen.append((k.shape[2], k2.clone(), v2.clone()))
-                return func(q2, k2, v2, *a2, **kw2)
-            return inner(attention, q, k, v, heads, *a, **kw)
-        return override
-
-    state.controller._make_override = spy
-    try:
-        _sample(s, model, steps=10)
-    finally:
-        state.controller._make_override = orig
+    seen = [call[1:] for call in _first_block_attention(s, model, steps=10)]
     history = state.last.history
     assert [full for _, full, _ in history] == [True, False, False, True, True, False, True, False, False, False]
     n_img = 24
