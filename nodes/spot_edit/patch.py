@@ -67,7 +67,10 @@ class Selector:
     def token_scores(self, x0_user: torch.Tensor, y_user: torch.Tensor, patch: int,
                      run: "_Run | None" = None) -> torch.Tensor:
         """Score per token (0 = identical). With a run, the reference's features are computed
-        once per run and the VAE is loaded once per run (with the diffusion model)."""
+        once per run and the VAE is loaded once per run (with the diffusion model). The
+        reference arrives in the conditioning on the CPU; the clean estimate lives where the
+        model runs."""
+        y_user = y_user.to(x0_user.device)
         if self.judge == "perceptual":
             if self.vae is None:
                 raise ValueError("the perceptual judge needs a VAE")
@@ -110,7 +113,7 @@ class Selector:
             return user[0], self.tau
         scores = self.token_scores(x0_user, y_user, patch, run)
         if user is not None:
-            user = user.expand(scores.shape[0], -1, -1)
+            user = user.to(scores.device).expand(scores.shape[0], -1, -1)
         act, tau = spot.select_active(scores, self.tau, self.dilation, user, self.mode)
         return act.any(dim=0), tau  # one token set for the whole batch
 
@@ -143,6 +146,8 @@ class Selector:
             else:
                 reuse = spot.dilate(reuse[None], self.dilation)[0]
         active = ~reuse
+        if user is not None:
+            user = user.to(active.device)
         if user is not None and self.mode == "union":
             active = active | user[0].bool()
         elif user is not None and self.mode == "intersect":
