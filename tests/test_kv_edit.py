@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import comfy.model_management
+
 import tiny_models as tm
 from precise_edit.kernels.token_mask import build_token_masks
 from precise_edit.nodes.kv_edit import engine as ke
@@ -311,7 +313,11 @@ def test_record_from_step_shrinks_the_record(flux):
     # the steps below record_from_step are not run (no edit reads them), as in the authors' inversion
     assert len(calls) == 4
     assert torch.equal(part.trajectory[2:], full.trajectory[2:])
-    assert torch.equal(part_inv["samples"], flux.model.latent_format.process_out(full.trajectory[2].clone()))
+    want = flux.model.latent_format.process_out(full.trajectory[2].clone())
+    if comfy.model_management.get_torch_device().type == "cpu":
+        assert torch.equal(part_inv["samples"], want)
+    else:  # on a GPU the inverted latent is scaled there, rounding differently from this CPU copy
+        assert torch.allclose(part_inv["samples"], want, rtol=0, atol=1e-6)
     assert not torch.equal(part_inv["samples"], full_inv["samples"])
     assert torch.equal(edit(flux, part, skip=2), edit(flux, full, skip=2))
     with pytest.raises(NodeInputError, match=r"record starts at step 2 .* use skip_steps >= 2"):

@@ -29,7 +29,7 @@ def _inputs(flux, rec, mode, skip):
     probe = flux.clone()
 
     def wrap(executor, *args, **kwargs):
-        seen.append(args[0].clone())
+        seen.append(args[0].detach().cpu().clone())  # compared with the CPU record (also when run on a GPU)
         return executor(*args, **kwargs)
 
     probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", wrap)

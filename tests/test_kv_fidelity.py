@@ -202,7 +202,7 @@ def first_input(model, rec, reinit_from, mode, skip=2, seed=5):
     probe = model.clone()
 
     def wrap(executor, *args, **kwargs):
-        seen.append(args[0].clone())
+        seen.append(args[0].cpu().clone())  # compared with the CPU record, also when run on a GPU
         return executor(*args, **kwargs)
 
     probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", wrap)

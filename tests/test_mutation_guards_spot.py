@@ -131,7 +131,7 @@ def test_settled_tokens_predict_the_source(s):
     y_model = s.model.model.process_latent_in(s.y)
     settled = _settled()
     previews = []
-    _sample(s, model, callback=lambda step, x0, x, total: previews.append((step, x0.clone(), x.clone())))
+    _sample(s, model, callback=lambda step, x0, x, total: previews.append((step, x0.cpu().clone(), x.cpu().clone())))
     assert len(previews) == 6
     for step, x0, x in previews[WARMUP:]:
         assert (x0[settled] - y_model[settled]).abs().max().item() < 1e-4, step
@@ -334,7 +334,7 @@ def test_judge_sees_the_previous_steps_clean_estimate(s):
     sel = SpotSelector.execute("L4", 100000.0, 0, "union").args[0]
     model = SpotFusionSampler.execute(s.model, sel, WARMUP, 0, "cos2").args[0]
     previews = {}
-    _sample(s, model, callback=lambda step, x0, x, total: previews.__setitem__(step, x0.clone()))
+    _sample(s, model, callback=lambda step, x0, x, total: previews.__setitem__(step, x0.cpu().clone()))
     state = model.model_options["transformer_options"]["precise_edit_spot"]
     checked = 0
     for step, full, active in state.last.history:

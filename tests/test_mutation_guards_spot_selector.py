@@ -185,6 +185,8 @@ def test_authors_qwen_perceptual_judge_loads_once_and_encodes_the_reference_once
     from precise_edit.nodes.spot_edit import patch as spot_patch
 
     vae = tm.tiny_wan_vae()
+    w = next(vae.first_stage_model.parameters())
+    vae.device, vae.vae_dtype = w.device, w.dtype  # load_vae is stubbed: the VAE stays as built
     mean, std = torch.linspace(-0.5, 0.5, 16), torch.linspace(0.5, 2.0, 16)
     y_m = torch.randn(1, 16, *HW, generator=torch.Generator().manual_seed(0))
     x_m = y_m.clone()
@@ -222,6 +224,8 @@ def test_perceptual_judge_loads_the_vae_with_the_diffusion_model(monkeypatch):
     from precise_edit.nodes.spot_edit import patch as spot_patch
 
     vae = tm.tiny_taesd_vae(16)
+    w = next(vae.first_stage_model.parameters())
+    vae.device, vae.vae_dtype = w.device, w.dtype  # load_vae is stubbed: the VAE stays as built
     loads = []
     monkeypatch.setattr(spot_patch, "load_vae", lambda *a: loads.append(a))
     x0, y = _pair()

@@ -129,7 +129,7 @@ def test_pinning_follows_schedule_step_by_step(curve, params):
     inputs = []
 
     def record(apply_model, args):
-        inputs.append((args["timestep"].clone(), args["input"].clone()))
+        inputs.append((args["timestep"].cpu().clone(), args["input"].cpu().clone()))  # CPU, also on a GPU
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     instrumented = model.clone()
@@ -139,7 +139,7 @@ def test_pinning_follows_schedule_step_by_step(curve, params):
     ms = model.model.model_sampling
     comfy.sample.sample(instrumented, noise, N, 1.0, "euler", "normal", cond_of(name), cond_of(name),
                         latent["samples"], noise_mask=latent["noise_mask"], seed=0, disable_pbar=True,
-                        callback=lambda i, x0, x, total: denoised.append((i, x0.clone())))
+                        callback=lambda i, x0, x, total: denoised.append((i, x0.cpu().clone())))
     assert len(inputs) == N and [i for i, _ in denoised] == list(range(N))
     S_in = model.model.process_latent_in(latent["samples"])
     for i, ((sigma, x_in), (_, x0)) in enumerate(zip(inputs, denoised)):
