@@ -35,12 +35,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import comfy.sample  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
 from precise_edit.kernels import spot  # noqa: E402
 from precise_edit.nodes.spot_edit import patch as spot_patch  # noqa: E402
+from precise_edit.nodes.spot_edit import vae_features  # noqa: E402
 from precise_edit.nodes.spot_edit.nodes import SpotEditPreview, SpotFusionSampler, SpotSelector  # noqa: E402
 
 
@@ -71,7 +73,11 @@ def real_width_vae(family, divide=1):
         return tm.tiny_wan_vae(0, dim=96 // divide)
     from comfy.ldm.modules.diffusionmodules.model import Decoder
 
-    dec = Decoder(ch=128 // divide, out_ch=3, ch_mult=(1, 2, 4, 4), num_res_blocks=2, attn_resolutions=[], in_channels=3,
+    # The judge reads the lowest levels only (conv_in, mid block, first up block: 512 channels in the
+    # real decoder). Past 1/4 the upper levels would fall under GroupNorm's 32 groups: keep every level
+    # at the lowest level's width then (the judge never runs them).
+    ch_mult = (1, 2, 4, 4) if divide <= 4 else (4, 4, 4, 4)
+    dec = Decoder(ch=128 // divide, out_ch=3, ch_mult=ch_mult, num_res_blocks=2, attn_resolutions=[], in_channels=3,
                   resolution=256, z_channels=16)
     tm._fill(dec, 0, scale=0.02)
     return types.SimpleNamespace(first_stage_model=types.SimpleNamespace(decoder=dec.eval()), patcher=None,
@@ -96,6 +102,7 @@ def judge_rows(args):
             timer["n"] += 1
 
     spot_patch.Selector.token_scores = timed
+    shares = {}
     print()
     print(f"Perceptual judge (VAE decoder at 1/{args.vae_divide} of the real width), {args.judge_steps} steps, {side * side // 4} image tokens, "
           f"intersect with the 25% mask; medians of {args.runs} interleaved runs")
@@ -114,6 +121,12 @@ def judge_rows(args):
                     "SpotEdit, authors' schedule": SpotFusionSampler.execute(model, sel, 4, 9, "cos2",
                                                                             "authors code").args[0]}
         run(model, family, argparse.Namespace(**{**vars(args), "steps": 2}), y)  # warm-up
+        with FlopCounterMode(display=False) as fc:
+            run(model, family, argparse.Namespace(**{**vars(args), "steps": 1}), y)
+        step_flops = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            vae_features.decoder_features(vae, y)
+        shares[family] = fc.get_total_flops() / step_flops
         times = {k: [] for k in variants}
         sel_cost = {k: [] for k in variants}
         fracs = {}
@@ -141,6 +154,9 @@ def judge_rows(args):
                   f"{ideal:.2f}x | {t_base / t / ideal:.0%} | {statistics.median(sel_cost[name]) * 1000:.0f} ms |")
         del model, variants
     spot_patch.Selector.token_scores = real_scores
+    print()
+    print("Judge's share of a full model step, in FLOPs (torch's FlopCounterMode, one call / one step): "
+          + ", ".join(f"{f}: {v:.1%}" for f, v in shares.items()))
 
 
 def main():
