@@ -37,7 +37,9 @@ import conftest  # noqa: E402,F401
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+import comfy.model_management  # noqa: E402
 import comfy.sample  # noqa: E402
+import comfy.supported_models  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
 from precise_edit.kernels import spot  # noqa: E402
@@ -48,9 +50,12 @@ from precise_edit.nodes.spot_edit.nodes import SpotEditPreview, SpotFusionSample
 
 def build(family, args):
     heads = args.hidden // 128
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if family == "flux":
-        return tm.tiny_flux(0, hidden=args.hidden, heads=heads, depth=args.depth, single=args.single)
-    return tm.tiny_qwen_image(0, hidden=args.hidden, heads=heads, layers=args.layers)
+        cfg = tm.flux_config(hidden=args.hidden, heads=heads, depth=args.depth, single=args.single)
+        return tm._patcher(comfy.supported_models.Flux(cfg), 0, dtype=dtype)
+    return tm._patcher(comfy.supported_models.QwenImage(tm.qwen_config(hidden=args.hidden, heads=heads,
+                                                                       layers=args.layers)), 0, dtype=dtype)
 
 
 def run(model, family, args, y, seed=4):
@@ -80,8 +85,9 @@ def real_width_vae(family, divide=1):
     dec = Decoder(ch=128 // divide, out_ch=3, ch_mult=ch_mult, num_res_blocks=2, attn_resolutions=[], in_channels=3,
                   resolution=256, z_channels=16)
     tm._fill(dec, 0, scale=0.02)
-    return types.SimpleNamespace(first_stage_model=types.SimpleNamespace(decoder=dec.eval()), patcher=None,
-                                 device=torch.device("cpu"), vae_dtype=torch.float32)
+    dev = comfy.model_management.get_torch_device()  # the GPU where one is used (PRECISE_EDIT_TEST_DEVICE=cuda)
+    return types.SimpleNamespace(first_stage_model=types.SimpleNamespace(decoder=dec.eval().to(dev)), patcher=None,
+                                 device=dev, vae_dtype=torch.float32)
 
 
 def judge_rows(args):
@@ -93,11 +99,17 @@ def judge_rows(args):
     timer = {"t": 0.0, "n": 0}
     real_scores = spot_patch.Selector.token_scores
 
+    cuda = comfy.model_management.get_torch_device().type == "cuda"
+
     def timed(self, *a, **k):
+        if cuda:
+            torch.cuda.synchronize()
         t = time.perf_counter()
         try:
             return real_scores(self, *a, **k)
         finally:
+            if cuda:
+                torch.cuda.synchronize()
             timer["t"] += time.perf_counter() - t
             timer["n"] += 1
 
@@ -175,10 +187,13 @@ def main():
     p.add_argument("--judge", action="store_true", help="only the rows with the real perceptual judge")
     p.add_argument("--judge-steps", type=int, default=50)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="the model's weights")
     p.add_argument("--vae-divide", type=int, default=1, help="judge rows: VAE decoder width = real width / this")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+          f"({torch.get_num_threads()} threads)"
+          + (f", {torch.cuda.get_device_name()} (the model and judge run there)"
+             if comfy.model_management.get_torch_device().type == "cuda" else ""))
     if args.judge:
         judge_rows(args)
         return
