@@ -27,6 +27,11 @@ SHOWN = [
      "region (top left corner): x 0.00-0.33 y 0.00-0.33; instruction: 'add a bird'", [], 1),
     (("put a lamp to the left of the sofa and make it red", "en", OBJ, None),
      "region (to the left of the sofa): x 0.20-0.40 y 0.30-0.50; instruction: 'put a lamp and make it red'", [], 1),
+    (("put a lamp to the left of the red sofa and make it red", "en", OBJ, None),
+     "region (to the left of the red sofa): x 0.20-0.40 y 0.30-0.50; instruction: 'put a lamp and make it red'",
+     [], 1),
+    (("put a lamp to the left of", "en", OBJ, None),  # no object named: not a place, nothing guessed
+     "no spatial phrase understood: the instruction passes through unchanged, empty region", [], 0),
     (("put a lamp next to the sofa", "en", OBJ, None),
      "region (next to the sofa): x 0.20-0.40 y 0.30-0.50; x 0.60-0.80 y 0.30-0.50; instruction: 'put a lamp'", [], 1),
     # sizes scale around the object side the place touches
@@ -110,6 +115,9 @@ def test_a_named_language_is_used_as_given():
     p = S.parse("thêm một cái cây ở góc dưới bên phải", "en")
     assert (p.kind, p.language, p.text) == ("none", "en", "thêm một cái cây ở góc dưới bên phải")
     assert S.parse("thêm một cái cây ở góc dưới bên phải").language == "vi"
+    # detection counts the words each table covers, wherever they are: four Vietnamese ones beat
+    # one English word at the end
+    assert S.detect_language("ở góc dưới bên phải thêm một cái cây, left") == "vi"
 
 
 def test_messages_on_instructions_that_cannot_be_used():
