@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from precise_edit.kernels import spatial as S
 
@@ -163,3 +164,87 @@ def test_the_longest_unit_is_read(tables):
     (tables / "spatial_en.json").write_text(json.dumps(en))
     p = S.parse("move it 5 per cent to the right", "en")
     assert p.offset == pytest.approx((0.05, 0.0)) and p.phrases[0] == "5 per cent"
+
+
+# ------------------------------------------------------------------ kernels/places.py geometry
+
+from precise_edit.kernels import places as P  # noqa: E402
+
+
+def test_relative_places_are_clipped_to_the_image_and_dropped_when_empty():
+    right = (0.7, 0.3, 0.9, 0.5)  # a right_of place would reach x 1.1
+    assert P.relation_boxes("right_of", right) == [pytest.approx((0.9, 0.3, 1.0, 0.5))]
+    low = (0.4, 0.7, 0.6, 0.9)
+    assert P.relation_boxes("below", low) == [pytest.approx((0.4, 0.9, 0.6, 1.0))]
+    at_left = (0.0, 0.3, 0.2, 0.5)  # touches the left border: nothing left of it
+    assert P.relation_boxes("next_to", at_left) == [pytest.approx((0.2, 0.3, 0.4, 0.5))]
+    assert P.relation_boxes("above", (0.4, 0.0, 0.6, 0.2)) == []
+
+
+@pytest.mark.parametrize("box, factor, want", [
+    ((0.0, 0.0, 0.5, 1.0), 0.5, (0.0, 0.25, 0.25, 0.75)),    # touches the left border: scaled towards it
+    ((0.5, 0.0, 1.0, 0.5), 0.5, (0.75, 0.0, 1.0, 0.25)),     # top right: towards that corner
+    ((0.0, 0.0, 1.0, 0.5), 0.5, (0.25, 0.0, 0.75, 0.25)),    # full width: centred across, towards the top
+    ((0.0, 0.5, 1.0, 1.0), 0.5, (0.25, 0.75, 0.75, 1.0)),    # towards the bottom
+    ((0.2, 0.4, 0.6, 0.8), 0.5, (0.3, 0.5, 0.5, 0.7)),       # touches nothing: around its centre
+    ((0.2, 0.4, 0.6, 0.8), 2.0, (0.0, 0.2, 0.8, 1.0)),       # grown past the border: clipped
+])
+def test_sizes_scale_a_place_around_the_border_it_touches(box, factor, want):
+    assert P.scale_box(box, factor) == pytest.approx(want)
+
+
+def test_move_targets_put_the_object_against_the_borders_the_place_touches():
+    obj = (0.1, 0.3, 0.3, 0.5)  # off-centre: a full-width target must not centre it across
+    assert P.target_offset(obj, P.REGIONS["top_half"]) == pytest.approx((0.0, -0.3))
+    assert P.target_offset(obj, P.REGIONS["right_third"]) == pytest.approx((0.7, 0.0))
+    assert P.target_offset(obj, P.REGIONS["center"]) == pytest.approx((0.3, 0.1))
+
+
+def test_move_offsets_at_the_border():
+    obj = (0.4, 0.3, 0.6, 0.5)
+    for off in ((0.6, 0.0), (-0.6, 0.0), (0.0, -0.5), (0.0, 0.7)):  # exactly touching from outside
+        with pytest.raises(P.SpatialError, match="entirely outside"):
+            P.clip_offset(obj, off)
+    with pytest.raises(P.SpatialError) as e:
+        P.clip_offset(obj, (0.25, 0.75))
+    assert str(e.value) == ("the move (x +25.0%, y +75.0%) puts the object entirely outside the image; "
+                            "use a smaller move")
+    assert P.clip_offset(obj, (0.0, 0.1)) == ((0.0, 0.1), "")  # inside: unchanged, no notice
+    assert P.clip_offset(obj, (-0.1, 0.0)) == ((-0.1, 0.0), "")
+    (cx, cy), note = P.clip_offset(obj, (0.5, -0.4))
+    assert (cx, cy) == pytest.approx((0.4, -0.3))
+    assert note == ("the move (x +50.0%, y -40.0%) would push the object out of the image; clipped to "
+                    "x +40.0%, y -30.0% (it stops at the border)")
+
+
+def test_object_box_of_a_mask():
+    m = torch.zeros(2, 1, 10, 20)
+    m[0, 0, 2:5, 3:8] = 0.9
+    m[1, 0, 6:7, 10:12] = 1.0
+    m[1, 0, 0, 0] = 0.5  # at the threshold: off
+    assert P.box_of_mask(m) == pytest.approx((3 / 20, 2 / 10, 12 / 20, 7 / 10))  # union over the batch
+    assert P.box_of_mask(m[0, 0]) == pytest.approx((3 / 20, 2 / 10, 8 / 20, 5 / 10))
+    assert P.box_of_mask(m[1, 0], threshold=0.4) == pytest.approx((0.0, 0.0, 12 / 20, 7 / 10))
+    assert P.box_of_mask(torch.zeros(4, 4)) is None
+
+
+def test_region_mask_takes_pixel_centres_on_the_near_edge_only():
+    # 4 x 4 pixel centres at 0.125, 0.375, 0.625, 0.875: a box from 0.125 to 0.625 holds two
+    m = P.boxes_mask([(0.125, 0.375, 0.625, 0.875)], 4, 4)
+    want = torch.zeros(4, 4)
+    want[1:3, 0:2] = 1.0
+    assert torch.equal(m, want)
+    halves = P.boxes_mask([(0.0, 0.0, 0.5, 1.0)], 4, 4) + P.boxes_mask([(0.5, 0.0, 1.0, 1.0)], 4, 4)
+    assert torch.equal(halves, torch.ones(4, 4))  # adjacent places tile without overlap
+
+
+def test_iou_of_masks():
+    a, b = torch.zeros(4, 4), torch.zeros(4, 4)
+    assert P.iou(a, b) == 1.0  # both empty: the same place
+    a[0, :] = 1.0
+    b[0, :2] = 1.0
+    b[1, :2] = 0.5  # not inside
+    assert P.iou(a, b) == 0.5
+    assert P.iou(b, a) == 0.5
+    a[0, :] = 0.5
+    assert P.iou(a, b) == 0.0
