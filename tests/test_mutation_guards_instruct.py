@@ -248,3 +248,36 @@ def test_iou_of_masks():
     assert P.iou(b, a) == 0.5
     a[0, :] = 0.5
     assert P.iou(a, b) == 0.0
+
+
+# ------------------------------------------------------------------- kernels/detail.py measure
+
+from precise_edit.kernels import detail as D  # noqa: E402
+
+
+@pytest.mark.parametrize("text, want", [
+    ("", (0, 0, 0)), ("   ", (0, 0, 0)), (None, (0, 0, 0)),
+    ("add a dog", (1, 0, 0)),
+    ("make the wooden table shiny and add two cats", (2, 2, 0)),
+    # units, amount words, directions and prepositions are not objects; a move is one relation
+    ("move the red cup 20 pixels to the left slightly", (1, 1, 1)),
+    ("move it up by 5 percent", (0, 0, 1)),
+    ("move it 90% to the right", (0, 0, 1)),  # a move the parser refuses still counts as a relation
+    ("add a bird on the left side of the picture", (1, 0, 1)),  # image words are not objects
+    ("put a cat in the bottom right corner", (1, 0, 1)),
+    ("add a bird above the house", (2, 0, 1)),
+    ("put a cat below the table and a dog left of the sofa", (4, 0, 2)),
+])
+def test_detail_counts(text, want):
+    d = D.detail(text)
+    assert (d.objects, d.attributes, d.relations) == want and d.count == sum(want)
+
+
+def test_detail_uses_the_language_given_and_saturates():
+    assert D.detail("add a brown dog") == D.Detail(1, 1, 0)
+    assert D.detail("add a brown dog", "vi") == D.Detail(4, 0, 0)  # no English words in the Vietnamese table
+    assert D.detail_strength(D.Detail(3, 2, 1)) == 6 / 8
+    assert D.detail_strength(D.Detail(3, 2, 1), saturation=1) == 1.0
+    with pytest.raises(S.SpatialError) as e:
+        D.detail_strength(D.Detail(1, 0, 0), saturation=0)
+    assert str(e.value) == "saturation must be >= 1"
