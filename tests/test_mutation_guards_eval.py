@@ -25,8 +25,9 @@ def test_run_length_mask_edges():
     assert pm.rle_decode([4, 1], (3, 3)).tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 1]]
     assert pm.rle_decode([0, 1], (4, 4), border=True)[1:3, 1:3].tolist() == [[0, 0], [0, 0]]
     for bad in ([-1, 2], [1, -2]):
-        with pytest.raises(ValueError, match="negative start or length"):
+        with pytest.raises(ValueError) as e:
             pm.rle_decode(bad, (3, 3))
+        assert str(e.value) == "a run-length mask holds a negative start or length"
     with pytest.raises(ValueError) as e:
         pm.rle_decode([1, 2, 3], (3, 3))
     assert str(e.value) == "a run-length mask needs start/length pairs, got 3 numbers"
