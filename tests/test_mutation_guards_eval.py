@@ -168,3 +168,73 @@ def test_features_of_batches():
     with pytest.raises(ValueError, match="uint8"):
         sf.features(model, [torch.zeros(1, 3, 4, 4)])
     assert math.isclose(sf.FEATURE_DIM, 2048) and sf.FID_MIN_IMAGES == 2048
+
+
+# ---------------------------------------------------------------------------------- dino_vit
+
+from precise_edit.kernels.dino_vit import DinoViT  # noqa: E402
+
+
+def _ckpt(dim=128, depth=3, patch=4, grid=4, seed=0, prefix=""):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=0.1: scale * torch.randn(*s, generator=g)  # noqa: E731
+    sd = {"cls_token": r(1, 1, dim, scale=1.0), "pos_embed": r(1, 1 + grid * grid, dim, scale=0.5),
+          "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim)}
+    for i in range(depth):
+        p = f"blocks.{i}."
+        sd.update({p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim), p + "attn.qkv.weight": r(3 * dim, dim),
+                   p + "attn.qkv.bias": r(3 * dim), p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
+                   p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim), p + "mlp.fc1.weight": r(4 * dim, dim),
+                   p + "mlp.fc1.bias": r(4 * dim), p + "mlp.fc2.weight": r(dim, 4 * dim), p + "mlp.fc2.bias": r(dim)})
+    return {prefix + k: v.double() for k, v in sd.items()}
+
+
+def _torch_keys(sd, pixels, layer, dim=128, heads=2, patch=4, grid=4):
+    """The same ViT from torch.nn's pre-norm TransformerEncoderLayer (an independent implementation)."""
+    sd = {k: v.float() for k, v in sd.items()}
+    x = torch.nn.functional.conv2d(pixels, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
+    b, _, h0, w0 = x.shape
+    pos = sd["pos_embed"]
+    if (h0, w0) != (grid, grid):
+        g = pos[:, 1:].reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+        g = torch.nn.functional.interpolate(g, size=(h0, w0), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:, :1], g.permute(0, 2, 3, 1).reshape(1, h0 * w0, dim)], 1)
+    x = torch.cat([sd["cls_token"].expand(b, -1, -1), x.flatten(2).transpose(1, 2)], 1) + pos
+    for i in range(layer):
+        blk = torch.nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                               layer_norm_eps=1e-6, batch_first=True, norm_first=True).eval()
+        p = f"blocks.{i}."
+        blk.load_state_dict({
+            "self_attn.in_proj_weight": sd[p + "attn.qkv.weight"], "self_attn.in_proj_bias": sd[p + "attn.qkv.bias"],
+            "self_attn.out_proj.weight": sd[p + "attn.proj.weight"], "self_attn.out_proj.bias": sd[p + "attn.proj.bias"],
+            "linear1.weight": sd[p + "mlp.fc1.weight"], "linear1.bias": sd[p + "mlp.fc1.bias"],
+            "linear2.weight": sd[p + "mlp.fc2.weight"], "linear2.bias": sd[p + "mlp.fc2.bias"],
+            "norm1.weight": sd[p + "norm1.weight"], "norm1.bias": sd[p + "norm1.bias"],
+            "norm2.weight": sd[p + "norm2.weight"], "norm2.bias": sd[p + "norm2.bias"]})
+        with torch.no_grad():
+            x = blk(x)
+    p = f"blocks.{layer}."
+    xn = torch.nn.functional.layer_norm(x, (dim,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6)
+    return torch.nn.functional.linear(xn, sd[p + "attn.qkv.weight"][dim:2 * dim], sd[p + "attn.qkv.bias"][dim:2 * dim])
+
+
+@pytest.mark.parametrize("size, layer", [((16, 16), -1), ((16, 16), 1), ((8, 24), 0), ((12, 20), 2)])
+def test_dino_keys_equal_torch_transformer_layers(size, layer):
+    sd = _ckpt(prefix="module.")  # DDP-saved checkpoints carry a "module." prefix
+    vit = DinoViT(sd)
+    assert (vit.dim, vit.patch, vit.depth, vit.heads) == (128, 4, 3, 2)
+    pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    got = vit.to("cpu").keys(pixels, layer=layer)
+    want = _torch_keys({k.removeprefix("module."): v for k, v in sd.items()}, pixels, layer % 3)
+    assert got.dtype == torch.float32 and got.shape == (2, 1 + (size[0] // 4) * (size[1] // 4), 128)
+    assert torch.allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_dino_checkpoint_checks():
+    with pytest.raises(ValueError) as e:
+        DinoViT({"backbone.cls_token": torch.zeros(1, 1, 64)})
+    assert str(e.value) == "not a DINO ViT checkpoint (no pos_embed, patch_embed.proj.weight)"
+    sd = _ckpt(dim=64, depth=1, prefix="backbone.")
+    v = DinoViT(sd)
+    assert (v.heads, v.depth, v.eps) == (1, 1, 1e-6) and DinoViT(sd, heads=4).heads == 4
+    assert all(t.dtype == torch.float32 for t in v.sd.values())
