@@ -66,12 +66,20 @@ def test_pixel_metrics_by_hand():
     c = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0))
     assert km.ssim(c, c) == pytest.approx(1.0, abs=1e-6)
     assert km.ssim(c, 1 - c) < 0.5
+    # the data range is 1 (as the reference), not the images' own range: small differences on a
+    # low-contrast image keep a high SSIM (0.92 with the range read from the data)
+    g = torch.Generator().manual_seed(0)
+    lo = 0.5 + 0.05 * torch.rand(16, 16, 3, generator=g)
+    assert km.ssim(lo + 0.02 * torch.rand(16, 16, 3, generator=g), lo) > 0.95
     mask = torch.zeros(4, 4)
     mask[:2] = 1
     r = km.region(b, mask)
     assert r[:2].allclose(torch.full((2, 4, 3), 0.1)) and r[2:].abs().sum() == 0
     assert km.region_defined(mask, "edit") and km.region_defined(mask, "unedit")
     assert not km.region_defined(torch.zeros(4, 4), "edit") and km.region_defined(torch.zeros(4, 4), "unedit")
+    one = torch.zeros(4, 4)
+    one[2, 3] = 1
+    assert km.region_defined(one, "edit")  # a single edited pixel is a part
     assert km.region_defined(torch.ones(4, 4), "edit") and not km.region_defined(torch.ones(4, 4), "unedit")
 
 
@@ -84,6 +92,13 @@ def test_dino_input_size_and_normalisation():
     assert y.shape == (1, 3, 224, 224)
     want = [(255.0 - m) / s for m, s in zip(km.IMAGENET_MEAN, km.IMAGENET_STD)]
     assert y[0, :, 0, 0].tolist() == pytest.approx(want, rel=1e-6)
+    # downscaling is antialiased, as torchvision's Resize on tensors
+    from torchvision.transforms import functional as TF
+    big = torch.rand(1, 3, 448, 336, generator=torch.Generator().manual_seed(0)) * 255
+    mean = torch.tensor(km.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(km.IMAGENET_STD).view(1, 3, 1, 1)
+    ref = (TF.resize(big, 224, max_size=480, antialias=True) - mean) / std
+    assert torch.allclose(km.dino_preprocess(big), ref, atol=1e-3)
     z = km.dino_preprocess(torch.full((1, 3, 100, 1000), 255.0))
     assert z.shape == (1, 3, 48, 480) and z[0, :, 10, 10].tolist() == pytest.approx(want, rel=1e-4)
 
@@ -96,6 +111,7 @@ def test_structure_distance_by_hand():
     # self-similarities differ at (0,1), (1,0): (1 - 0)^2 * 2 / 9 entries
     assert km.structure_distance(k2, k) == pytest.approx(2 / 9)
     assert km.structure_distance(k, k) == 0.0
+    assert torch.allclose(km.keys_self_similarity(0.01 * k), sim)  # short keys: still cosines
 
 
 def test_clip_score_by_hand_and_mismatched_models():
