@@ -254,3 +254,22 @@ def test_dino_checkpoint_checks():
     v = DinoViT(sd)
     assert (v.heads, v.depth, v.eps) == (1, 1, 1e-6) and DinoViT(sd, heads=4).heads == 4
     assert all(t.dtype == torch.float32 for t in v.sd.values())
+
+
+def test_inception_is_built_from_the_given_file_in_eval_mode(monkeypatch):
+    """The 2048-d pool features of the TF-compatible network, weights from the path given (never a
+    download), in eval mode (batch norm statistics frozen)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    made = {}
+
+    class Fake(torch.nn.Module):
+        def __init__(self, name, features, feature_extractor_weights_path=None):
+            super().__init__()
+            made.update(name=name, features=features, path=feature_extractor_weights_path)
+            self.bn = torch.nn.BatchNorm1d(2)
+
+    monkeypatch.setattr(fe, "FeatureExtractorInceptionV3", Fake)
+    model = sf.inception("/models/inception.pth")
+    assert made == {"name": "inception-v3-compat", "features": ["2048"], "path": "/models/inception.pth"}
+    assert isinstance(model, Fake) and not model.training
