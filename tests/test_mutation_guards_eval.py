@@ -155,6 +155,11 @@ def test_set_score_sample_sizes_and_warnings():
         sf.score(a[:1], b)
     assert str(e.value) == "FID needs at least 2 images per set (edited: 1, reference: 9)"
     sf.score(a[:2], b[:2], kid_subsets=2)  # two images each are enough
+    assert sf.score(a[:5], b, kid_subsets=5).kid_subset_size == 5  # the smaller set may be either
+    # KID as torch-fidelity computes it with its own default seed and the subsets asked for
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    ref = kid_features_to_metric(a, b, kid_subsets=5, kid_subset_size=9, verbose=False)
+    assert s.kid_mean == ref["kernel_inception_distance_mean"] and s.kid_std == ref["kernel_inception_distance_std"]
     # the seed decides the KID subsets: the same seed, the same numbers
     assert sf.score(a, b, kid_subsets=5, seed=3).kid_mean == sf.score(a, b, kid_subsets=5, seed=3).kid_mean
     assert sf.score(a, b, kid_subsets=5, seed=3).kid_mean != sf.score(a, b, kid_subsets=5, seed=4).kid_mean
@@ -181,8 +186,9 @@ def test_features_of_batches():
     assert f.dtype == torch.float32 and f.shape == (3, 6) and f[:, 0].tolist() == [10.0, 10.0, 20.0]
     assert seen == [(torch.uint8, (2, 3, 4, 4)), (torch.uint8, (1, 3, 4, 4))]
     assert sf.features(model, []).shape == (0, sf.FEATURE_DIM)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError) as e:
         sf.features(model, [torch.zeros(1, 3, 4, 4)])
+    assert str(e.value) == "images must be uint8 [B, 3, H, W]"
     assert math.isclose(sf.FEATURE_DIM, 2048) and sf.FID_MIN_IMAGES == 2048
 
 
@@ -273,3 +279,9 @@ def test_inception_is_built_from_the_given_file_in_eval_mode(monkeypatch):
     model = sf.inception("/models/inception.pth")
     assert made == {"name": "inception-v3-compat", "features": ["2048"], "path": "/models/inception.pth"}
     assert isinstance(model, Fake) and not model.training
+
+
+def test_full_size_sets_get_no_warning():
+    a, b = _features(sf.FID_MIN_IMAGES, 0.0, 0, d=4), _features(sf.FID_MIN_IMAGES, 0.5, 1, d=4)
+    s = sf.score(a, b, kid_subsets=2)
+    assert s.warnings == [] and s.kid_subset_size == sf.KID_SUBSET_SIZE == 1000

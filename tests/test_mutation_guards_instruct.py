@@ -281,3 +281,14 @@ def test_detail_uses_the_language_given_and_saturates():
     with pytest.raises(S.SpatialError) as e:
         D.detail_strength(D.Detail(1, 0, 0), saturation=0)
     assert str(e.value) == "saturation must be >= 1"
+
+
+def test_detail_with_the_language_given_and_a_table_without_detail_words(tables):
+    # the spatial parse uses the language given too: an English place is no place in Vietnamese
+    assert D.detail("add a tree in the bottom right corner", "vi").relations == 0
+    assert D.detail("add a tree in the bottom right corner", "en").relations == 1
+    en = json.loads((tables / "spatial_en.json").read_text())
+    del en["detail"]
+    (tables / "spatial_xx.json").write_text(json.dumps({**en, "language": "xx"}))
+    # no detail words: every content word outside the spatial phrases counts as an object
+    assert D.detail("add a brown dog in the bottom right corner", "xx") == D.Detail(4, 0, 1)
