@@ -292,3 +292,10 @@ def test_detail_with_the_language_given_and_a_table_without_detail_words(tables)
     (tables / "spatial_xx.json").write_text(json.dumps({**en, "language": "xx"}))
     # no detail words: every content word outside the spatial phrases counts as an object
     assert D.detail("add a brown dog in the bottom right corner", "xx") == D.Detail(4, 0, 1)
+
+
+def test_the_longest_image_words_are_read(tables):
+    """With freshly loaded tables (load_table is cached per process): 'of the image frame' is taken
+    whole after a place, not 'of the image' leaving 'frame' in the instruction."""
+    p = S.parse("add a bird in the top left corner of the image frame", "en")
+    assert p.text == "add a bird" and p.boxes == [S.REGIONS["corner_tl"]]
