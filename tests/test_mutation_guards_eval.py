@@ -240,7 +240,8 @@ def _torch_keys(sd, pixels, layer, dim=128, heads=2, patch=4, grid=4):
     return torch.nn.functional.linear(xn, sd[p + "attn.qkv.weight"][dim:2 * dim], sd[p + "attn.qkv.bias"][dim:2 * dim])
 
 
-@pytest.mark.parametrize("size, layer", [((16, 16), -1), ((16, 16), 1), ((8, 24), 0), ((12, 20), 2)])
+@pytest.mark.parametrize("size, layer", [((16, 16), -1), ((16, 16), 1), ((8, 24), 0), ((12, 20), 2),
+                                         ((8, 8), 1), ((8, 32), 1)])  # a smaller square grid; 2 x 8 = 16 tokens
 def test_dino_keys_equal_torch_transformer_layers(size, layer):
     sd = _ckpt(prefix="module.")  # DDP-saved checkpoints carry a "module." prefix
     vit = DinoViT(sd)
