@@ -203,10 +203,8 @@ def _find(tokens: _Tokens, table: dict) -> list[tuple[int, int, object]]:
             if tuple(tokens.words[i:i + len(p)]) == p and not any(taken[i:i + len(p)]):
                 hit = p
                 break
-        if hit:
+        if hit:  # the scan resumes after the hit, so no later match can overlap it
             found.append((i, i + len(hit), table[hit]))
-            for k in range(i, i + len(hit)):
-                taken[k] = True
             i += len(hit)
         else:
             i += 1
@@ -393,10 +391,7 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
         if any(da <= a and b <= db for da, db, _ in dirs):
             continue  # "to the left" is a direction, not the place "left"
         targets.append((a, b, spec["region"]))
-    # a direction inside a longer place ("right" in "bottom right corner") belongs to the place
-    dirs = [d for d in dirs if not any(a <= d[0] and d[1] <= b and b - a > d[1] - d[0] for a, b, _ in targets)]
-    if targets:
-        dirs = []
+    # a target place wins over directions (the "right" in "bottom right corner" belongs to the place)
     if not dirs and not targets:
         return None
     phrases = []
@@ -426,7 +421,7 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
             tokens.use(a, b)
             break
     notes = []
-    if dirs:
+    if not targets:
         dx = dy = 0.0
         for a, b, d in dirs:
             if any(tokens.used[a:b]):
