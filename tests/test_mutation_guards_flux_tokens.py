@@ -106,6 +106,8 @@ def test_plan_for_more_image_tokens_than_the_model_sees_is_a_clear_error(dm):
 def test_without_a_plan_the_model_is_unchanged_and_each_evaluation_is_counted(dm, qdm):
     ctl = flux_ctl(dm)
     assert ctl.calls == 0 and ctl.plan is None
+    # before any evaluation no token positions are known (SpotEdit's fusion checks for None)
+    assert ctl.last_img_ids is None and ctl.last_img_pe is None
     assert torch.equal(flux(dm, ctl, None), flux(dm))
     assert torch.equal(flux(dm, ctl, None), flux(dm))
     assert ctl.calls == 2
@@ -294,6 +296,37 @@ def test_mask_guided_bias_is_added_to_an_existing_mask():
     assert (alone["m"] < -1e3).any() and (alone["m"] == 0).any()
 
 
+def test_a_given_attention_mask_is_kept_under_the_guided_pattern_and_the_cached_bias():
+    """Qwen-Image hands its mask to the attention positionally; the controller adds the
+    mask-guided pattern to it, keeps it on the computed keys, puts the cache bias on the
+    appended keys, and gives the attention kernel a bias of the query's dtype."""
+    ctl = TokenController(1, "qwen_image")
+    ctl._txt_len, ctl._n_seq = 2, 4
+    fg = torch.tensor([True, False, False, False])
+    extra = (torch.ones(1, 1, 3, 8), torch.ones(1, 1, 3, 8))
+    ctl.plan = TokenPlan(n_img=4, guided_fg=fg, cached=lambda b, d, t: extra, cached_bias=0.5)
+    got = {}
+
+    def func(q, k, v, heads, *a, mask=None, **kw):
+        got.update(k=k, mask=mask, a=a)
+        return q
+
+    q = torch.zeros(1, 1, 6, 8, dtype=torch.bfloat16)
+    given = torch.arange(36.0, dtype=torch.bfloat16).view(6, 6)
+    ctl._make_override(None)(func, q, q, q, 1, given, transformer_options={"block_type": "double",
+                                                                          "block_index": 0})
+    ctl.plan = TokenPlan(n_img=4, guided_fg=fg)
+    alone = {}
+    ctl._make_override(None)(lambda q, k, v, h, mask=None, **kw: alone.setdefault("m", mask), q, q, q, 1,
+                             transformer_options={})
+    mask = got["mask"]
+    assert got["a"] == () and got["k"].shape[2] == 9
+    assert mask.dtype == torch.bfloat16 and alone["m"].dtype == torch.bfloat16
+    assert mask.shape[-2:] == (6, 9)
+    assert torch.equal(mask[0, 0, :, :6], given + alone["m"][0, 0])
+    assert torch.equal(mask[0, 0, :, 6:], torch.full((6, 3), 0.5, dtype=torch.bfloat16))
+
+
 # ----------------------------------------------------------------------------- chaining
 
 def test_earlier_patches_keep_running(dm):
@@ -374,6 +407,14 @@ def test_velocity_probe_keeps_the_raw_output_in_float32(dm):
     out = flux(dm, options=options)
     got = probe.take()
     assert torch.equal(got, out) and got.dtype == torch.float32
+    # ComfyUI's keyword arguments reach the model (here FLUX.1 Kontext's reference placement)
+    with torch.no_grad():
+        plain = dm(X, torch.tensor([0.7]), CTX, y=VEC, guidance=torch.tensor([3.5]), ref_latents=[REF],
+                   ref_latents_method="uxo")
+        wrapped = dm(X, torch.tensor([0.7]), CTX, y=VEC, guidance=torch.tensor([3.5]), ref_latents=[REF],
+                     ref_latents_method="uxo", transformer_options=options["transformer_options"])
+    assert torch.equal(probe.take(), plain) and not torch.equal(plain, out)
+    assert torch.equal(wrapped, plain)
     probe.outputs.append(out.to(torch.bfloat16))
     assert probe.take().dtype == torch.float32 and probe.outputs == []
 
