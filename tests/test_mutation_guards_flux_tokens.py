@@ -325,6 +325,11 @@ def test_a_given_attention_mask_is_kept_under_the_guided_pattern_and_the_cached_
     assert mask.shape[-2:] == (6, 9)
     assert torch.equal(mask[0, 0, :, :6], given + alone["m"][0, 0])
     assert torch.equal(mask[0, 0, :, 6:], torch.full((6, 3), 0.5, dtype=torch.bfloat16))
+    # no mask given: the cache bias alone, also in the query's dtype
+    ctl.plan = TokenPlan(n_img=4, cached=lambda b, d, t: extra, cached_bias=0.5)
+    ctl._make_override(None)(func, q, q, q, 1, transformer_options={})
+    assert got["mask"].dtype == torch.bfloat16 and got["mask"].shape[-1] == 9
+    assert torch.equal(got["mask"][..., 6:], torch.full((1, 1, 1, 3), 0.5, dtype=torch.bfloat16))
 
 
 # ----------------------------------------------------------------------------- chaining
