@@ -116,3 +116,16 @@ def test_overlay_defaults_crop_and_grid_spacing():
     assert lines[1].tolist() == [True, False, False, False] * 3
     # a 5-pixel grid is drawn too
     assert torch.allclose(overlay_image(image, region, 5)[5, 1], (0.5 * 0.55 + bg * 0.45) * 0.65)
+
+
+def test_the_chosen_resize_reaches_the_token_masks():
+    """KV-Edit's "bilinear" mask resize (the authors' way) can lose a thin stroke that the
+    default "touched" keeps; build_token_masks must use the one the node was given."""
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 8, 8] = 1.0  # not on the rows/columns bilinear-by-8 reads
+    mask[0, 3, 3] = 1.0  # on them
+    touched = build_token_masks(mask, (2, 2), 1)
+    bilinear = build_token_masks(mask, (2, 2), 1, resize="bilinear")
+    assert touched.latent[0].tolist() == [[True, False], [False, True]]
+    assert bilinear.latent[0].tolist() == [[True, False], [False, False]]
+    assert torch.equal(bilinear.tokens, bilinear.latent)
