@@ -15,6 +15,10 @@ def test_scores_pool_over_replicated_edges_for_any_patch():
     padded = torch.nn.functional.pad(m[:, None], (0, 2, 0, 3), mode="replicate")[:, 0]
     assert got.shape == (1, 2, 2)
     assert torch.allclose(got[0, 1, 1], padded[0, 4:, 4:].mean())
+    m = torch.arange(30.0).view(1, 6, 5)  # the width: 5 -> 8
+    got = S.pool_to_tokens(m, 4)
+    padded = torch.nn.functional.pad(m[:, None], (0, 3, 0, 2), mode="replicate")[:, 0]
+    assert got.shape == (1, 2, 2) and torch.allclose(got[0, 0, 1], padded[0, :4, 4:].mean())
     m = torch.arange(12.0).view(1, 3, 4)  # only the height needs padding
     got = S.pool_to_tokens(m, 2)
     assert got.shape == (1, 2, 2) and got[0, 1].tolist() == [8.5, 10.5]
@@ -27,6 +31,8 @@ def test_cosine_scores_on_padded_and_small_latents():
     s = S.scores_cosine(a, b, 4)
     assert s.shape == (1, 2, 2)
     assert s[0, 1, 1] > 0.01 and s[0, :, 0].abs().max() < 1e-6 and s[0, 0, 1].abs() < 1e-6
+    t = S.scores_cosine(a.transpose(-1, -2), b.transpose(-1, -2), 4)  # 6 x 5: the width padded by 3
+    assert t.shape == (1, 2, 2) and t[0, 1, 1] > 0.01 and t[0, 0].abs().max() < 1e-6
     s = S.scores_cosine(a[..., :3, :4], b[..., :3, :4], 2)  # height padded only
     assert s.shape == (1, 2, 2)
     # identical tokens score 0 whatever their magnitude (no large epsilon in the cosine)
