@@ -108,19 +108,21 @@ def spot(args, kontext, vae):
 def pixels(args, flux, vae):
     print("\n## PIXELS exemplar latent surgery on the FLUX t2i model (change map = the touched grid cells; "
           f"target caption, denoise {args.pixels_denoise})\n")
-    print("| edit | exemplar | n | success (edit done, others kept) | latent outside the change map bit-exact | "
-          "PSNR outside the change map |\n|---|---|---|---|---|---|")
+    print("| edit | exemplar | n | success (edit done, others kept) | object's colour in its new cell | "
+          "latent outside the change map bit-exact | PSNR outside the change map |\n|---|---|---|---|---|---|---|")
     for kind, seed in (("add", 1004), ("move", 1005)):
         pairs = scenes.edits(seed, args.n, kinds=(kind,))
         for ex in (True, False):
-            ok, exact, psnr = [], [], []
+            ok, placed, exact, psnr = [], [], [], []
             for i, p in enumerate(pairs):
                 r = ev.pixels_edit(flux, vae, p, seed=i, steps=args.steps, denoise=args.pixels_denoise, exemplar=ex)
                 ok.append(judge.edit_ok(r["image"], p) and judge.others_kept(r["image"], p))
+                placed.append(judge.find(r["image"], p.result.cell).colour == p.result.colour)
                 exact.append(r["latent_exact"])
                 psnr.append(judge.psnr_outside(r["image"], ev.render(p.source), r["changed"]))
             label = "the object (add: pictured alone; move: cut from the source)" if ex else "none (regenerate the cells)"
-            print(f"| {kind} | {label} | {len(pairs)} | {rate(ok)} | {rate(exact)} | {np.median(psnr):.1f} dB |",
+            print(f"| {kind} | {label} | {len(pairs)} | {rate(ok)} | {rate(placed)} | {rate(exact)} | "
+                  f"{np.median(psnr):.1f} dB |",
                   flush=True)
 
 
