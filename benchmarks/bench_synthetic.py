@@ -3,8 +3,10 @@
 Prints a table; not a test. First the plain models' own success rates (text-to-image objects and
 scenes, Kontext-style edits per kind), then KV-Edit against regenerating with the target caption
 (colour and shape changes) with background preservation, then SpotEdit on the Kontext-style model
-(perceptual judge, no mask): speed-up, settled-token precision/recall against the true
-unchanged mask, and success against the unpatched model; then the SD1.5-class UNets (text-to-image
+(perceptual judge, no mask), alone and with ComfyUI's EasyCache on top: speed-up, settled-token
+precision/recall against the true unchanged mask, and success against the unpatched model; then
+PIXELS exemplar insertion and move on the FLUX t2i model (with the exemplar vs the same change map
+without one); then the SD1.5-class UNets (text-to-image
 and InstructPix2Pix-style) and issue 12's spatial measure (plain vs Spatial Instruction). Run from the repository root:
 
     .venv/bin/python benchmarks/bench_synthetic.py [--n 40] [--steps 20] [--pie-bench DIR]
@@ -34,7 +36,7 @@ def rate(v):
     return f"{100 * np.mean(v):5.1f} %" if len(v) else "  -  "
 
 
-def plain(args, flux, kontext, vae):
+def plain(args, flux, kontext, vae, kvae):
     print("\n## Plain models (judge verdicts)\n")
     print("| model | what | n | success |\n|---|---|---|---|")
     sc = scenes.scenes(1000, args.n)
@@ -42,11 +44,11 @@ def plain(args, flux, kontext, vae):
     obj = [judge.object_ok(img, o) for img, s in zip(imgs, sc) for o in s.objects]
     print(f"| FLUX t2i | objects right (colour, shape, cell) | {len(obj)} | {rate(obj)} |")
     print(f"| FLUX t2i | whole scene right | {len(sc)} | {rate([judge.scene_ok(i, s) for i, s in zip(imgs, sc)])} |")
-    rec = ev.to_image(vae, ev.to_latent(vae, np.stack([scenes.render(s)[0] for s in sc])))
+    rec = ev.to_image(vae, ev.to_latent(vae, np.stack([ev.render(s) for s in sc])))
     vobj = [judge.object_ok(img, o) for img, s in zip(rec, sc) for o in s.objects]
     print(f"| VAE round trip | objects right (ceiling of every model) | {len(vobj)} | {rate(vobj)} |")
     pairs = scenes.edits(1001, args.n)
-    res = [(p.kind, judge.edit_ok(ev.edit_kontext(kontext, vae, p, seed=i, steps=args.steps), p))
+    res = [(p.kind, judge.edit_ok(ev.edit_kontext(kontext, kvae, p, seed=i, steps=args.steps), p))
            for i, p in enumerate(pairs)]
     for k in scenes.EDIT_KINDS:
         v = [ok for kind, ok in res if kind == k]
@@ -61,8 +63,8 @@ def kv(args, flux, vae):
     for i, p in enumerate(pairs):
         out = ev.kv_edit(flux, vae, p, seed=i, steps=args.steps, skip=args.skip)
         kv_ok.append(judge.edit_ok(out["image"], p))
-        exact.append(out["latent_exact"] and judge.equal_outside(out["pasted"], scenes.render(p.source)[0], p.mask()))
-        psnr.append(judge.psnr_outside(out["image"], scenes.render(p.source)[0], p.mask()))
+        exact.append(out["latent_exact"] and judge.equal_outside(out["pasted"], ev.render(p.source), ev.mask(p)))
+        psnr.append(judge.psnr_outside(out["image"], ev.render(p.source), ev.mask(p)))
         regen_ok.append(judge.edit_ok(ev.regenerate(flux, vae, p, seed=i, steps=args.steps), p))
     print("| method | n | edit success | background |\n|---|---|---|---|")
     print(f"| KV-Edit (skip {args.skip}) | {len(pairs)} | {rate(kv_ok)} | latent and pasted pixels bit-exact: "
@@ -71,26 +73,57 @@ def kv(args, flux, vae):
 
 
 def spot(args, kontext, vae):
-    print("\n## SpotEdit on the Kontext-style model (perceptual judge, no mask)\n")
-    print("| steps | n | plain success | SpotEdit success | tokens computed | settled precision | settled recall "
-          "| speed-up (median of per-pair ratios, interleaved) |\n|---|---|---|---|---|---|---|---|")
+    print("\n## SpotEdit on the Kontext-style model (perceptual judge, no mask; + ComfyUI's EasyCache, "
+          f"reuse threshold {args.easycache})\n")
+    print("| variant | steps | n | plain success | success | tokens computed | settled precision | settled recall "
+          "| model calls / steps | speed-up vs plain (median of per-pair ratios, interleaved) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     pairs = scenes.edits(1003, args.n_spot)
+    variants = (("SpotEdit", {}), ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
+                ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}))
     for steps in (28, 50):
-        plain_ok, spot_ok, comp, prec, rec, ratio = [], [], [], [], [], []
+        plain_ok = []
+        ok, comp, prec, rec, ratio, calls = ({v: [] for v, _ in variants} for _ in range(6))
         for i, p in enumerate(pairs):
             a = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, patched=False)
-            b = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, tau=args.tau)
             plain_ok.append(judge.edit_ok(a["image"], p))
-            spot_ok.append(judge.edit_ok(b["image"], p))
-            comp.append(b["computed"])
-            ratio.append(a["seconds"] / b["seconds"])
-            if b["settled"] is not None and b["settled"].any():
-                pr, rc = judge.settled_precision_recall(b["settled"], p.mask())
-                prec.append(pr)
-                rec.append(rc)
-        print(f"| {steps} | {len(pairs)} | {rate(plain_ok)} | {rate(spot_ok)} | {100 * np.mean(comp):.0f} % | "
-              f"{np.mean(prec) if prec else float('nan'):.3f} | {np.mean(rec) if rec else float('nan'):.3f} | "
-              f"{np.median(ratio):.2f}x |")
+            for name, kw in variants:
+                b = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, tau=args.tau, **kw)
+                ok[name].append(judge.edit_ok(b["image"], p))
+                comp[name].append(b["computed"])
+                calls[name].append(b["model_calls"] / steps)
+                ratio[name].append(a["seconds"] / b["seconds"])
+                if b["settled"] is not None and b["settled"].any():
+                    pr, rc = judge.settled_precision_recall(b["settled"], ev.mask(p, ev.KONTEXT_SIZE))
+                    prec[name].append(pr)
+                    rec[name].append(rc)
+        for name, _ in variants:
+            pr = f"{np.mean(prec[name]):.3f}" if prec[name] else "-"
+            rc = f"{np.mean(rec[name]):.3f}" if rec[name] else "-"
+            print(f"| {name} | {steps} | {len(pairs)} | {rate(plain_ok)} | {rate(ok[name])} | "
+                  f"{100 * np.mean(comp[name]):.0f} % | {pr} | {rc} | {np.mean(calls[name]):.2f} | "
+                  f"{np.median(ratio[name]):.2f}x |", flush=True)
+
+
+def pixels(args, flux, vae):
+    print("\n## PIXELS exemplar latent surgery on the FLUX t2i model (change map = the touched grid cells; "
+          f"target caption, denoise {args.pixels_denoise})\n")
+    print("| edit | exemplar | n | success (edit done, others kept) | object's colour in its new cell | "
+          "latent outside the change map bit-exact | PSNR outside the change map |\n|---|---|---|---|---|---|---|")
+    for kind, seed in (("add", 1004), ("move", 1005)):
+        pairs = scenes.edits(seed, args.n, kinds=(kind,))
+        for ex in (True, False):
+            ok, placed, exact, psnr = [], [], [], []
+            for i, p in enumerate(pairs):
+                r = ev.pixels_edit(flux, vae, p, seed=i, steps=args.steps, denoise=args.pixels_denoise, exemplar=ex)
+                ok.append(judge.edit_ok(r["image"], p) and judge.others_kept(r["image"], p))
+                placed.append(judge.find(r["image"], p.result.cell).colour == p.result.colour)
+                exact.append(r["latent_exact"])
+                psnr.append(judge.psnr_outside(r["image"], ev.render(p.source), r["changed"]))
+            label = "the object (add: pictured alone; move: cut from the source)" if ex else "none (regenerate the cells)"
+            print(f"| {kind} | {label} | {len(pairs)} | {rate(ok)} | {rate(placed)} | {rate(exact)} | "
+                  f"{np.median(psnr):.1f} dB |",
+                  flush=True)
 
 
 def unets(args, vae4, sd, ip2p):
@@ -141,27 +174,32 @@ def main():
     ap.add_argument("--pie-bench", type=Path, default=None)
     ap.add_argument("--n-spot", type=int, default=10)
     ap.add_argument("--tau", type=float, default=0.2)
-    ap.add_argument("--only", choices=["plain", "kv", "spot", "unet", "ip2p", "spatial"], default=None)
+    ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
+    ap.add_argument("--pixels-denoise", type=float, default=0.7)
+    ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "ip2p", "spatial"], default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), shared and noisy; "
           f"n={args.n}, {args.steps} steps, euler/simple, cfg 1")
     t0 = time.time()
-    if args.only in (None, "plain", "kv", "spot"):
-        vae, flux, kontext = models.vae(), models.flux("flux"), models.flux("kontext")
+    if args.only in (None, "plain", "kv", "spot", "pixels"):
+        vae, flux, kontext = models.vae(models.VAE_OF["flux"]), models.flux("flux"), models.flux("kontext")
+        kvae = models.vae(models.VAE_OF["kontext"])
     if args.only in (None, "plain"):
-        plain(args, flux, kontext, vae)
+        plain(args, flux, kontext, vae, kvae)
     if args.only in (None, "kv"):
         kv(args, flux, vae)
     if args.only in (None, "spot"):
-        spot(args, kontext, vae)
+        spot(args, kontext, kvae)
+    if args.only in (None, "pixels"):
+        pixels(args, flux, vae)
     if args.only in (None, "unet", "ip2p"):
         unets(args, models.vae("vae4"), None if args.only == "ip2p" else models.unet("sd"), models.unet("ip2p"))
     if args.only in (None, "spatial"):
         spatial(args, models.vae("vae4"), models.unet("ip2p"))
     if args.pie_bench:
-        print(f"\nPIE-Bench files: {piebench.write(scenes.edits(1001, args.n), args.pie_bench)}")
+        print(f"\nPIE-Bench files: {piebench.write(scenes.edits(1001, args.n), args.pie_bench, size=ev.KONTEXT_SIZE)}")
     print(f"\n({time.time() - t0:.0f} s)")
 
 

@@ -12,6 +12,19 @@ import torch
 from . import judge, scenes
 from .models import conditioning
 
+SIZE = scenes.FLUX_SIZE        # the text-to-image FLUX model's images (vae16)
+KONTEXT_SIZE = scenes.SIZE     # the Kontext-style model's (vae16_96: not yet retrained at 128 pixels)
+
+
+def render(scene: scenes.Scene, size: int = SIZE) -> np.ndarray:
+    """A scene as a FLUX-side model sees it (uint8, ``size`` square)."""
+    return scenes.render(scene, size)[0]
+
+
+def mask(pair: scenes.EditPair, size: int = SIZE) -> np.ndarray:
+    """The pair's exact changed mask at ``size``."""
+    return pair.mask(size)
+
 
 def to_image(vae, latent: torch.Tensor) -> np.ndarray:
     img = vae.decode(latent)            # (B, H, W, 3) in 0..1
@@ -23,16 +36,17 @@ def to_latent(vae, images: np.ndarray) -> torch.Tensor:
 
 
 def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: int = 20, cfg: float = 1.0,
-           sampler: str = "euler", scheduler: str = "simple", denoise: float = 1.0) -> torch.Tensor:
+           sampler: str = "euler", scheduler: str = "simple", denoise: float = 1.0,
+           noise_mask: torch.Tensor | None = None) -> torch.Tensor:
     import comfy.sample
 
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
-                               denoise=denoise, disable_pbar=True, seed=seed)
+                               denoise=denoise, disable_pbar=True, seed=seed, noise_mask=noise_mask)
 
 
-def empty_latent(n: int = 1) -> torch.Tensor:
-    return torch.zeros(n, 16, scenes.SIZE // 8, scenes.SIZE // 8)
+def empty_latent(n: int = 1, size: int = SIZE) -> torch.Tensor:
+    return torch.zeros(n, 16, size // 8, size // 8)
 
 
 def generate(model, vae, caption: str, seed: int, steps: int = 20, cfg: float = 1.0) -> np.ndarray:
@@ -46,11 +60,11 @@ def kontext_conditioning(instruction: str, source_latent: torch.Tensor, guidance
 
 def edit_kontext(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, cfg: float = 1.0,
                  source_image: np.ndarray | None = None) -> np.ndarray:
-    src = scenes.render(pair.source)[0] if source_image is None else source_image
+    src = render(pair.source, KONTEXT_SIZE) if source_image is None else source_image
     src_lat = to_latent(vae, src[None])
     pos = kontext_conditioning(pair.instruction, src_lat)
     neg = kontext_conditioning("", src_lat)
-    return to_image(vae, sample(model, pos, neg, empty_latent(), seed, steps, cfg))[0]
+    return to_image(vae, sample(model, pos, neg, empty_latent(size=src.shape[0]), seed, steps, cfg))[0]
 
 
 def plain_rates(flux_model, kontext_model, vae, n: int = 20, seed: int = 1000, steps: int = 20,
@@ -87,17 +101,17 @@ def kv_edit(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, skip:
     bit-exact the source latent."""
     from precise_edit.nodes.kv_edit.nodes import KVEditPixelPaste, KVEditSampler, KVInvert
 
-    src = scenes.render(pair.source)[0]
+    src = render(pair.source)
     lat = to_latent(vae, src[None])
-    mask = torch.from_numpy(pair.mask()).float()[None]
-    rec, _ = KVInvert.execute(model, {"samples": lat}, mask, conditioning(pair.source.caption(), source_guidance),
+    changed = torch.from_numpy(mask(pair)).float()[None]
+    rec, _ = KVInvert.execute(model, {"samples": lat}, changed, conditioning(pair.source.caption(), source_guidance),
                               steps, mask_guided=False, storage="fp32", cache_device="cpu").args[:2]
     out = KVEditSampler.execute(model, rec, conditioning(pair.target.caption(), target_guidance), seed=seed,
                                 skip_steps=skip, reinit=False, attn_scale=1.0, mode="paper").args[0]["samples"]
     keep = ~rec.latent_mask[:, None].expand_as(out)
     image = to_image(vae, out)[0]
     pasted = KVEditPixelPaste.execute(torch.from_numpy(src)[None].float() / 255, torch.from_numpy(image)[None].float() / 255,
-                                      mask, 0).args[0]
+                                      changed, 0).args[0]
     pasted = (pasted[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return {"image": image, "pasted": pasted, "latent_exact": bool(torch.equal(out[keep], lat[keep]))}
 
@@ -107,32 +121,110 @@ def regenerate(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20) ->
     return generate(model, vae, pair.target.caption(), seed, steps)
 
 
+def easycache(model, reuse_threshold: float = 0.2, start: float = 0.15, end: float = 0.95):
+    """ComfyUI's own EasyCache node on ``model`` (a clone; whole steps reused when the output
+    changes slowly)."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    return EasyCacheNode.execute(model, reuse_threshold, start, end, False).args[0]
+
+
 def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, tau: float = 0.2,
-              warmup: int = 4, reset: int = 9, patched: bool = True) -> dict:
+              warmup: int = 4, reset: int = 9, patched: bool = True, easycache_threshold: float | None = None) -> dict:
     """The Kontext-style edit with SpotEdit (perceptual judge on the model's VAE, no user mask) or
     without (``patched=False``): image, settled token grid of the last selective step, fraction
-    of image tokens computed, and sampling seconds."""
+    of image tokens computed, the diffusion model's forward calls, and sampling seconds. ``easycache_threshold``: ComfyUI's EasyCache
+    on top (after SpotEdit's patch), with that reuse threshold."""
     import time
 
     from precise_edit.nodes.spot_edit.nodes import SpotFusionSampler, SpotSelector
     from precise_edit.nodes.spot_edit.patch import state_of
 
-    src = scenes.render(pair.source)[0]
+    src = render(pair.source, KONTEXT_SIZE)
     src_lat = to_latent(vae, src[None])
     pos, neg = kontext_conditioning(pair.instruction, src_lat), kontext_conditioning("", src_lat)
     model = kontext
     if patched:
         sel = SpotSelector.execute("perceptual", tau, 0, "union", vae=vae).args[0]
         model = SpotFusionSampler.execute(kontext, sel, warmup, reset, "cos2").args[0]
+    spot_model = model
+    if easycache_threshold is not None:
+        model = easycache(model, easycache_threshold)
+    calls = []       # forward passes of the diffusion model (EasyCache skips whole ones inside its forward)
+    hook = kontext.model.diffusion_model.img_in.register_forward_pre_hook(lambda *_: calls.append(1))
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = sample(model, pos, neg, empty_latent(), seed, steps, 1.0)
+    try:
+        with torch.no_grad():
+            out = sample(model, pos, neg, empty_latent(size=KONTEXT_SIZE), seed, steps, 1.0)
+    finally:
+        hook.remove()
     seconds = time.perf_counter() - t0
-    res = {"image": to_image(vae, out)[0], "seconds": seconds, "settled": None, "computed": 1.0}
+    res = {"image": to_image(vae, out)[0], "seconds": seconds, "settled": None, "computed": 1.0,
+           "model_calls": len(calls)}
     if patched:
-        state = state_of(model)
+        state = state_of(spot_model)
         fr = state.fractions()
         res["computed"] = sum(f for _, _, f in fr) / max(1, len(fr))
         if state.last.last_settled is not None:
             res["settled"] = state.last.last_settled.numpy().astype(bool)
     return res
+
+
+def _cell_crop(img: np.ndarray, cell: int) -> np.ndarray:
+    x0, y0, x1, y1 = judge.cell_box(cell, img.shape[0])
+    return img[y0:y1, x0:x1]
+
+
+def _box_mask(cells, size: int = SIZE) -> torch.Tensor:
+    m = torch.zeros(1, size, size)
+    for cell in cells:
+        x0, y0, x1, y1 = judge.cell_box(cell, size)
+        m[:, y0:y1, x0:x1] = 1.0
+    return m
+
+
+EXEMPLAR_BACKGROUND = ("gray", "noisy", 7)   # add: the object pictured alone, on a background of its own
+
+
+def pixels_edit(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, denoise: float = 0.7,
+                guidance: float = 3.5, exemplar: bool = True) -> dict:
+    """PIXELS exemplar latent surgery (the pack's ExemplarLatentSurgery) on the FLUX t2i model, for
+    an add or a move: change map 1 on the grid cell(s) the edit touches, 0 elsewhere; sampled with
+    the target caption. Exemplars: add -- the new object pictured alone (rendered on a background
+    of its own, ``EXEMPLAR_BACKGROUND``), placed in its cell; move -- the subject's cell cut from
+    the source placed in the new cell, and an empty cell of the source placed in the old one.
+    ``exemplar=False``: the same change map with no exemplar (the surgery's plain regeneration),
+    the baseline the exemplar must beat. Returns the image and whether the latent outside the
+    change map is bit-exact the source's."""
+    import nodes as comfy_nodes
+
+    from precise_edit.nodes.pixels.nodes import ExemplarLatentSurgery
+
+    if pair.kind not in ("add", "move"):
+        raise ValueError(f"pixels_edit: add or move pairs only, not {pair.kind!r}")
+    src = render(pair.source)
+    lat = to_latent(vae, src[None])
+    cells = [pair.result.cell] + ([pair.subject.cell] if pair.kind == "move" else [])
+    change = _box_mask(cells)
+
+    def image(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).float()[None] / 255.0
+
+    kw = {}
+    if exemplar:
+        if pair.kind == "add":
+            colour, kind, bg_seed = EXEMPLAR_BACKGROUND
+            alone = render(scenes.Scene((pair.result,), colour, kind, bg_seed))
+            kw.update(exemplar_1=image(_cell_crop(alone, pair.result.cell)), region_1=_box_mask([pair.result.cell]))
+        else:
+            used = {o.cell for o in pair.source.objects} | {pair.result.cell}
+            empty_cell = next(c for c in (4, 0, 2, 6, 8, 1, 3, 5, 7) if c not in used)
+            kw.update(exemplar_1=image(_cell_crop(src, pair.subject.cell)), region_1=_box_mask([pair.result.cell]),
+                      exemplar_2=image(_cell_crop(src, empty_cell)), region_2=_box_mask([pair.subject.cell]))
+    patched, start = ExemplarLatentSurgery.execute(model, {"samples": lat}, change, vae=vae, **kw).args[:2]
+    pos, neg = conditioning(pair.target.caption(), guidance), conditioning("", guidance)
+    out = comfy_nodes.common_ksampler(patched, seed, steps, 1.0, "euler", "simple", pos, neg, start,
+                                      denoise=denoise)[0]["samples"]
+    keep = start["noise_mask"][0, 0] == 0          # the latent cells the change map keeps
+    exact = bool(torch.equal(out[..., keep], lat[..., keep]))
+    return {"image": to_image(vae, out)[0], "latent_exact": exact, "changed": change[0].numpy() > 0}

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import judge
 from .piebench import pair_from_entry
+from .scenes import SIZE   # the Kontext-style model's image size (evaluate.KONTEXT_SIZE)
 
 
 def judge_run(out: str | Path, mapping_file: str | Path) -> dict[str, dict[str, float]]:
@@ -44,7 +45,7 @@ def judge_run(out: str | Path, mapping_file: str | Path) -> dict[str, dict[str, 
     return rates
 
 
-def kontext_workflow(steps: int = 12, guidance: float = 2.5, size: int = 96) -> dict:
+def kontext_workflow(steps: int = 12, guidance: float = 2.5, size: int = SIZE) -> dict:
     """The plain Kontext-style edit as an API-format workflow of ComfyUI's own nodes plus the tests
     pack's synthetic model: the runner binds the source image (LoadImage), the instruction (the
     node titled "Instruction"), the seed and the output (SaveImage)."""

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIZE = 96
+SIZE = 96          # the layout's unit: object sizes and offsets are given at this size, render() scales them
+# The 16-channel side (vae16, FLUX, Kontext-style) renders at 128 pixels: an object is then 3-4.5 latent
+# cells wide instead of 2-3, which an 8x VAE keeps recognisable far more often (README). The SD1.5-class
+# side (vae4, sd, ip2p) stays at SIZE.
+FLUX_SIZE = 128
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
     "yellow": (240, 210, 40), "purple": (150, 60, 190), "orange": (245, 140, 30),

@@ -3,9 +3,10 @@
 ``train_flux``: text-to-image, ComfyUI's FLUX.1-dev class (guidance embedding), captions through
 ``synthetic.text``. ``train_kontext``: the same architecture trained as a FLUX.1 Kontext-style
 editor: the source latent is a reference latent (ComfyUI's ``reference_latents``, tokens at
-index 1 over the same positions), the instruction the text, the target the image. (Trained
-from scratch rather than from the text-to-image model, so the two train side by side.) Rectified flow as ComfyUI samples FLUX
-(x_t = (1 - t) x0 + t noise, the model predicts noise - x0), logit-normal t, 10 % empty text
+index 1 over the same positions), the instruction the text, the target the image. It starts
+from the text-to-image model's weights (train ``flux`` first), as FLUX.1 Kontext starts from
+FLUX.1. Images are ``scenes.FLUX_SIZE`` (128) pixels; the loss weighs the latent cells of the
+objects (t2i) or of the edit (Kontext-style) more. Rectified flow as ComfyUI samples FLUX (x_t = (1 - t) x0 + t noise, the model predicts noise - x0), logit-normal t, 10 % empty text
 (so classifier-free guidance works), guidance input drawn from 1..5 (the model learns to ignore it).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from . import scenes, text
 from .training import check_writable, optimise, save, weight_path
@@ -131,7 +133,8 @@ def training_options(dm) -> dict:
 
 
 def _loop(dm, data, steps, batch_size, lr, label, seed=0):
-    """data(idx) -> (x0, context, pooled, ref_or_None)."""
+    """data(gen, b) -> (x0, context, pooled, ref_or_None, weight): ``weight`` (b, 1, h, w) per latent
+    cell of the loss."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in dm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -139,7 +142,7 @@ def _loop(dm, data, steps, batch_size, lr, label, seed=0):
     t0 = time.time()
     ema = None
     for step in range(steps):
-        x0, ctx, pooled, ref = data(gen, batch_size)
+        x0, ctx, pooled, ref, weight = data(gen, batch_size)
         b = x0.shape[0]
         drop = torch.rand(b, generator=gen) < 0.1
         empty_ctx, empty_pooled = text.encode("")
@@ -151,55 +154,77 @@ def _loop(dm, data, steps, batch_size, lr, label, seed=0):
         g = 1 + 4 * torch.rand(b, generator=gen)
         kw = {"ref_latents": [ref]} if ref is not None else {}
         out = dm(xt, t, ctx, y=pooled, guidance=g, transformer_options=training_options(dm), **kw)
-        loss = (out - (noise - x0)).pow(2).mean()
+        loss = (weight * (out - (noise - x0)).pow(2)).mean()
         ema = optimise(loss, opt, sched, params, ema, step, steps, label, t0)
     return ema
+
+
+SIZE = scenes.FLUX_SIZE
+# Objects cover a tenth of the pixels, yet they are all the captions and the judge are about; an
+# edit changes even fewer. The loss counts latent cells an object (t2i) or the edit (Kontext-style)
+# touches OBJECT_WEIGHT + 1 times, as the VAE's loss does.
+OBJECT_WEIGHT = 4.0
+
+
+def cell_weight(masks: np.ndarray) -> torch.Tensor:
+    """(n, H, W) boolean pixel masks -> (n, 1, H/8, W/8) loss weights: 1, or 1 + OBJECT_WEIGHT
+    on a latent cell any masked pixel falls in."""
+    m = torch.from_numpy(masks).float()[:, None]
+    return 1.0 + OBJECT_WEIGHT * torch.nn.functional.max_pool2d(m, 8)
 
 
 def _dataset_scenes(n: int, seed: int):
     rng = np.random.default_rng(seed)
     sc = [scenes.random_scene(rng) for _ in range(n)]
-    imgs = np.stack([scenes.render(s)[0] for s in sc])
-    return sc, imgs
+    rendered = [scenes.render(s, SIZE) for s in sc]
+    imgs = np.stack([img for img, _ in rendered])
+    objects = np.stack([np.any(m, axis=0) if m else np.zeros((SIZE, SIZE), bool) for _, m in rendered])
+    return sc, imgs, objects
 
 
-def train_flux(steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, n_images: int = 1000,
+def train_flux(steps: int = 2000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 2000,
                force: bool = False) -> float:
     check_writable("flux", force)
     torch.manual_seed(0)
     t0 = time.time()
-    sc, imgs = _dataset_scenes(n_images, seed=1)
+    sc, imgs, objects = _dataset_scenes(n_images, seed=1)
     lat = encode_images(_vae(), imgs)
+    weight = cell_weight(objects)
     ctx, pooled = text.encode_batch([s.caption() for s in sc])
     print(f"flux data: {n_images} scenes encoded ({time.time() - t0:.0f}s)", flush=True)
 
     def data(gen, b):
         idx = torch.randint(0, len(lat), (b,), generator=gen)
-        return lat[idx], ctx[idx], pooled[idx], None
+        return lat[idx], ctx[idx], pooled[idx], None, weight[idx]
 
     model = build()
     loss = _loop(model.diffusion_model, data, steps, batch_size, lr, "flux")
-    save("flux", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}"})
+    save("flux", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}",
+                                                              "image_size": SIZE, "object_weight": OBJECT_WEIGHT})
     return loss
 
 
-def train_kontext(steps: int = 1200, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
-                  force: bool = False) -> float:
+def train_kontext(steps: int = 1000, batch_size: int = 16, lr: float = 1e-3, n_pairs: int = 1500,
+                  force: bool = False, init: str | None = "flux") -> float:
+    """``init``: start from that shipped model's weights (the text-to-image one, as FLUX.1 Kontext
+    starts from FLUX.1: it already draws the objects the phrases name), or from scratch (None)."""
     check_writable("kontext", force)
     torch.manual_seed(0)
     t0 = time.time()
     pairs = scenes.edits(2, n_pairs)
     vae = _vae()
-    src = encode_images(vae, np.stack([scenes.render(p.source)[0] for p in pairs]))
-    tgt = encode_images(vae, np.stack([scenes.render(p.target)[0] for p in pairs]))
+    src = encode_images(vae, np.stack([scenes.render(p.source, SIZE)[0] for p in pairs]))
+    tgt = encode_images(vae, np.stack([scenes.render(p.target, SIZE)[0] for p in pairs]))
+    weight = cell_weight(np.stack([p.mask(SIZE) for p in pairs]))
     ctx, pooled = text.encode_batch([p.instruction for p in pairs])
     print(f"kontext data: {n_pairs} pairs encoded ({time.time() - t0:.0f}s)", flush=True)
 
     def data(gen, b):
         idx = torch.randint(0, len(src), (b,), generator=gen)
-        return tgt[idx], ctx[idx], pooled[idx], src[idx]
+        return tgt[idx], ctx[idx], pooled[idx], src[idx], weight[idx]
 
-    model = build()
+    model = build(None if init is None else {k: v.float() for k, v in load_file(str(weight_path(init))).items()})
     loss = _loop(model.diffusion_model, data, steps, batch_size, lr, "kontext")
-    save("kontext", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}"})
+    save("kontext", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}", "init": init,
+                                                                 "image_size": SIZE, "object_weight": OBJECT_WEIGHT})
     return loss

@@ -111,13 +111,13 @@ def to_taesd(enc: nn.Sequential, dec: nn.Sequential, latent_channels: int) -> di
     return sd
 
 
-def batch(rng: np.random.Generator, n: int, crop: int, with_masks: bool = False):
-    """Random crops of random scenes in 0..1 (and the crops' object masks)."""
+def batch(rng: np.random.Generator, n: int, crop: int, with_masks: bool = False, size: int = scenes.SIZE):
+    """Random crops of random scenes rendered at ``size`` in 0..1 (and the crops' object masks)."""
     out = np.empty((n, crop, crop, 3), dtype=np.uint8)
     obj = np.zeros((n, 1, crop, crop), dtype=np.float32)
     for i in range(n):
-        img, masks = scenes.render(scenes.random_scene(rng))
-        y, x = rng.integers(0, scenes.SIZE - crop + 1, 2) // 8 * 8
+        img, masks = scenes.render(scenes.random_scene(rng), size)
+        y, x = rng.integers(0, size - crop + 1, 2) // 8 * 8
         out[i] = img[y:y + crop, x:x + crop]
         for m in masks:
             obj[i, 0] += m[y:y + crop, x:x + crop]
@@ -125,12 +125,12 @@ def batch(rng: np.random.Generator, n: int, crop: int, with_masks: bool = False)
     return (x, torch.from_numpy(obj)) if with_masks else x
 
 
-def _stage(enc, dec, params, steps, batch_size, crop, lr, seed, label, t0):
+def _stage(enc, dec, params, steps, batch_size, crop, lr, seed, label, t0, size):
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     for step in range(steps):
-        x, obj = batch(rng, batch_size, crop, with_masks=True)
+        x, obj = batch(rng, batch_size, crop, with_masks=True, size=size)
         z = enc(x)
         y = dec(z + 0.1 * z.detach().std() * torch.randn_like(z))
         weight = 1.0 + OBJECT_WEIGHT * obj     # objects are a small part of the pixels but all the judge sees
@@ -144,11 +144,12 @@ def _stage(enc, dec, params, steps, batch_size, crop, lr, seed, label, t0):
     return loss.item(), rng
 
 
-# Per file: the shipped 16-channel VAE is still the first recipe (no blocks, width 24, 32-pixel crops),
-# because the FLUX and Kontext-style models were trained on its latents; the block recipe (vae4,
-# and ``--recipe blocks`` for vae16) needs those retrained with it (README).
+# Per file: both VAEs use the block recipe; the first one (``plain``: no blocks, width 24, 32-pixel
+# crops) stays selectable for comparison. Image size per file: vae16 sees the 16-channel side's
+# 128-pixel renders, vae4 the SD side's 96-pixel ones (scenes.FLUX_SIZE, scenes.SIZE).
 RECIPES = {"plain": {"width": 24, "blocks": False, "crop": 32}, "blocks": {"width": 32, "blocks": True, "crop": 48}}
-DEFAULT_RECIPE = {"vae16": "plain", "vae4": "blocks"}
+DEFAULT_RECIPE = {"vae16": "blocks", "vae4": "blocks", "vae16_96": "plain"}
+IMAGE_SIZE = {"vae16": scenes.FLUX_SIZE, "vae4": scenes.SIZE, "vae16_96": scenes.SIZE}
 
 
 def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: float = 2e-3, force: bool = False,
@@ -161,6 +162,7 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: 
     recipe = recipe or DEFAULT_RECIPE.get(name, "blocks")
     r = RECIPES[recipe]
     crop = crop or r["crop"]
+    size = IMAGE_SIZE.get(name, scenes.SIZE)
     torch.manual_seed(0)
     t0 = time.time()
     if stage1:
@@ -171,9 +173,9 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: 
     else:
         enc, dec = narrow(latent_channels, r["width"], r["blocks"])
         _, rng = _stage(enc, dec, list(enc.parameters()) + list(dec.parameters()), steps, batch_size, crop, lr,
-                        0, "vae", t0)
+                        0, "vae", t0, size)
         with torch.no_grad():
-            z = torch.cat([enc(batch(rng, 8, scenes.SIZE)) for _ in range(4)])
+            z = torch.cat([enc(batch(rng, 8, size, size=size)) for _ in range(4)])
             mean, std = z.mean().item(), z.std().item()
         # encode() returns enc/vae_scale + vae_shift: make that the model family's latent format
         # statistics (FLUX for 16 channels, SD1.5 for 4).
@@ -190,11 +192,11 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: 
         for p in enc.parameters():
             p.requires_grad_(False)
         loss, _ = _stage(enc, dec, list(dec.parameters()), decoder_steps, batch_size, crop, lr, 1, "vae decoder",
-                         t0)
+                         t0, size)
     sd = to_taesd(enc, dec, latent_channels)
     sd["vae_scale"] = torch.tensor(vae_scale)
     sd["vae_shift"] = torch.tensor(vae_shift)
-    path = save(name, sd, force, {"steps": steps, "decoder_steps": decoder_steps, "seed": 0, "recipe": recipe, "width": r["width"],
+    path = save(name, sd, force, {"steps": steps, "decoder_steps": decoder_steps, "seed": 0, "recipe": recipe, "width": r["width"], "image_size": size,
                                   "final_loss": f"{loss:.4f}"})
     print(f"saved {path} (vae_scale {vae_scale:.4f} vae_shift {vae_shift:.4f}, {time.time() - t0:.0f}s)")
     return {"loss": loss}

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
 
 def test_runner_judges_the_synthetic_set_end_to_end(server, tmp_path):
     pairs = scenes.edits(1001, len(scenes.EDIT_KINDS))         # one of each kind
-    mapping = piebench.write(pairs, tmp_path / "set")
+    mapping = piebench.write(pairs, tmp_path / "set", size=ev.KONTEXT_SIZE)
     wf = tmp_path / "kontext.json"
     wf.write_text(json.dumps(run_judge.kontext_workflow(steps=STEPS)))
     out = tmp_path / "run"
@@ -43,7 +43,7 @@ def test_runner_judges_the_synthetic_set_end_to_end(server, tmp_path):
     assert rates["n"] == len(pairs) and set(rates) == set(scenes.EDIT_KINDS) | {"all", "n"}
 
     # the same edits in-process (same model, sampler, seed): the runner's images match them
-    kontext, vae = models.flux("kontext"), models.vae()
+    kontext, vae = models.flux("kontext"), models.vae(models.VAE_OF["kontext"])
     entries = json.loads(mapping.read_text())
     verdicts = []
     for _, row in df.iterrows():

@@ -88,8 +88,8 @@ class PETestSyntheticModel(io.ComfyNode):
             raise ValueError(f"PETestSyntheticModel: model must be one of {', '.join(SYNTHETIC_MODELS)}")
         m = models()
         if model in SYNTHETIC_UNETS:
-            return io.NodeOutput(m.unet(model), m.SyntheticCLIP(), m.vae("vae4"))
-        return io.NodeOutput(m.flux(model), m.SyntheticCLIP(), m.vae())
+            return io.NodeOutput(m.unet(model), m.SyntheticCLIP(), m.vae(m.VAE_OF[model]))
+        return io.NodeOutput(m.flux(model), m.SyntheticCLIP(), m.vae(m.VAE_OF[model]))
 
 
 class PETestSyntheticTextEncoder(io.ComfyNode):
