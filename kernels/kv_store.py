@@ -330,14 +330,6 @@ class KVStore(Replay):
         out.peak_bytes = out.nbytes()
         return out
 
-    # -- serialisation -------------------------------------------------------------------
-    def to_tensors(self, prefix: str = "kv.") -> dict[str, torch.Tensor]:
-        out = {}
-        for key in self.use_order():
-            for part, t in self.entries[key].items():
-                out[f"{prefix}{part}.{entry_key(*key)}"] = t.contiguous().cpu()
-        return out
-
 
 _STREAMS: dict = {}
 

@@ -153,3 +153,114 @@ def test_side_stream_copies_only_from_host_memory_to_a_cuda_device(monkeypatch):
     t = cuda_transfer(torch.device("cuda", 0), torch.device("cpu"))
     assert isinstance(t, kv_store.CudaTransfer) and t.device == torch.device("cuda", 0)
     assert t.stream == ("stream", torch.device("cuda", 0))
+
+
+class CheckedTransfer:
+    """Stands in for the CUDA side stream; checks that every copy made ahead is later used or
+    discarded with its own handle, and that the copy holds the entry decoded as asked."""
+
+    def __init__(self, log):
+        self.log, self.handles = log, {}
+
+    def start(self, key, fetch):
+        handle = ("handle", key, fetch())
+        self.handles[key] = handle
+        self.log.append(("start", key))
+        return handle
+
+    def finish(self, key, handle):
+        assert handle is self.handles.pop(key)
+        self.log.append(("finish", key))
+        return handle[2]
+
+    def discard(self, key, handle):
+        assert handle is self.handles.pop(key)
+        self.log.append(("discard", key))
+
+
+def filled(storage="int4", steps=3, blocks=(("double", 0), ("single", 0))):
+    store = KVStore(storage=storage)
+    for s in reversed(range(steps)):
+        for b in blocks:
+            store.put(s, b, *kv(s * 10 + b[1] + (5 if b[0] == "single" else 0)))
+    return store
+
+
+def reference(storage, key):
+    return filled(storage).get(*key, "cpu", torch.float32)
+
+
+def with_transfer(store, depth):
+    log, made = [], []
+
+    def factory(device, host):
+        made.append((device, host))
+        return CheckedTransfer(log)
+
+    store.prefetch_depth = depth
+    store.transfer_factory = factory
+    return log, made
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_copies_made_ahead_are_all_used_in_a_deep_window(depth):
+    store = filled("int4")
+    log, made = with_transfer(store, depth)
+    order = store.use_order()
+    for key in order:
+        k, v = store.get(*key, "cpu", torch.bfloat16)
+        k0, v0 = reference("int4", key)
+        assert k.dtype == torch.bfloat16 and torch.equal(k, k0.bfloat16()) and torch.equal(v, v0.bfloat16())
+    assert [k for what, k in log if what == "start"] == order[1:]
+    assert [k for what, k in log if what == "finish"] == order[1:]
+    assert made == [(torch.device("cpu"), torch.device("cpu"))]  # one transfer per device, from the store's device
+
+
+def test_a_copy_made_for_another_dtype_is_discarded_and_decoded_again():
+    store = filled("int4")
+    log, _ = with_transfer(store, 1)
+    store.get(0, ("double", 0), "cpu", torch.float32)       # copies (0, single 0) ahead in float32
+    k, v = store.get(0, ("single", 0), "cpu", torch.float16)  # asked in float16: the copy is not used
+    assert ("discard", (0, ("single", 0))) in log and ("finish", (0, ("single", 0))) not in log
+    k0, v0 = reference("int4", (0, ("single", 0)))
+    assert k.dtype == torch.float16 and torch.equal(k, k0.half()) and torch.equal(v, v0.half())
+    store.release()
+    assert store.in_flight() == [] and not [e for e in log if e[0] == "start" and e[1] not in
+                                            [d[1] for d in log if d[0] in ("discard", "finish")]]
+
+
+def test_dropping_a_step_or_releasing_discards_each_copy_with_its_handle():
+    store = filled("fp32")
+    log, _ = with_transfer(store, 2)
+    store.get(0, ("single", 0), "cpu", torch.float32)
+    assert store.in_flight() == [(1, ("double", 0)), (1, ("single", 0))]
+    store.drop_step(1)
+    store.get(2, ("double", 0), "cpu", torch.float32)  # a jump: the window moves
+    store.release()
+    assert store.in_flight() == []
+    started = [k for what, k in log if what == "start"]
+    ended = [k for what, k in log if what in ("finish", "discard")]
+    assert sorted(started) == sorted(ended)
+
+
+def test_denoising_order_of_a_store_with_other_block_kinds():
+    store = filled("fp32", steps=1, blocks=(("single", 0), ("other", 0), ("double", 1)))
+    assert store.use_order() == [(0, ("double", 1)), (0, ("single", 0)), (0, ("other", 0))]
+
+
+def test_converted_from_low_bits_keeps_the_values():
+    store = filled("int4", steps=1)
+    wide = store.converted("fp32")
+    for key in store.use_order():
+        k, v = wide.get(*key, "cpu", torch.float32)
+        k0, v0 = store.get(*key, "cpu", torch.float32)
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
+def test_fp8_keeps_small_values_within_its_precision():
+    """Keys of magnitude 1e-3 are scaled up to the fp8 range too (not flushed to fp8's subnormals)."""
+    store = KVStore(storage="fp8")
+    k, v = kv(scale=1e-3)
+    store.put(0, ("double", 0), k, v)
+    k2, v2 = store.get(0, ("double", 0), "cpu", torch.float32)
+    assert ((k2 - k).abs() <= k.abs().amax() * 2 ** -4).all() and ((v2 - v).abs() <= v.abs().amax() * 2 ** -4).all()
