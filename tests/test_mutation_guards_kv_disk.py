@@ -353,3 +353,29 @@ def test_parts_apart_are_read_one_by_one_only_from_files_without_checksums(tmp_p
                                               r"written \(its layout was rewritten\); invert again$"):
         rf.read_entry((0, ("single", 1)), ranges[(0, ("single", 1))])
     rf.close()
+
+
+def test_an_edit_reuses_a_few_read_buffers(tmp_path):
+    """No allocation per block (the heap would fragment over a long edit): the reader takes
+    its buffers back once the keys/values are decoded."""
+    path = tmp_path / "r.bgkv.safetensors"
+    write(path, "int4", steps=4)
+    store = open_store(path, "int4", steps=4, depth=1)
+    sizes = []
+    entry_bytes = store.entry_bytes
+    store.entry_bytes = lambda: sizes.append(1) or entry_bytes()  # asked each time a new buffer is made
+    for _ in range(2):  # two edits
+        for key in keys(4):
+            store.get(*key, "cpu", torch.float32)
+    store.release()
+    assert len(sizes) <= 3
+
+
+def test_reading_a_changed_file_into_memory_is_refused(tmp_path):
+    path = tmp_path / "m.bgkv.safetensors"
+    write(path, "bf16")
+    store = open_store(path, "bf16")
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(DiskRecordError, match="was changed or replaced after it was opened; load it again"):
+        store.converted()
