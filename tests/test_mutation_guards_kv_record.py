@@ -28,6 +28,8 @@ def make(h=4, w=6, steps=2, fg=((0, 1),), all_tokens=False, storage="fp32", sour
         tmask[0, r, c] = True
     lmask = tmask.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :h, :w].contiguous()
     n = th * tw if all_tokens else int((~tmask).sum())
+    trajectory = torch.randn(steps + 1, 1, 16, h, w, generator=gen)  # drawn first: the same with fill=False
+    source = torch.randn(1, 16, h, w, generator=gen).to(source_dtype)
     store = KVStore(storage=storage)
     if fill and n:
         for s in range(steps):
@@ -36,8 +38,7 @@ def make(h=4, w=6, steps=2, fg=((0, 1),), all_tokens=False, storage="fp32", sour
     sigmas = torch.linspace(1, 0, steps + 1)
     fp = {"model": "m", "latent_shape": [1, 16, h, w], "mask": mask_digest(lmask), "steps": steps,
           "sigmas": sigmas_digest(sigmas)}
-    return BackgroundRecord(store=store, trajectory=torch.randn(steps + 1, 1, 16, h, w, generator=gen),
-                            source_latent=torch.randn(1, 16, h, w, generator=gen).to(source_dtype),
+    return BackgroundRecord(store=store, trajectory=trajectory, source_latent=source,
                             latent_mask=lmask, token_mask=tmask, sigmas=sigmas, fingerprint=fp,
                             kv_shape=(1, 2, n, 8), blocks=list(BLOCKS), all_tokens=all_tokens)
 
@@ -292,3 +293,37 @@ def test_an_aborted_record_leaves_nothing(tmp_path):
     sink.put(1, BLOCKS[0], torch.zeros(1, 2, 5, 8), torch.zeros(1, 2, 5, 8))
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_without_background_that_lists_its_steps_loads(tmp_path):
+    """A fully masked record whose header lists recorded steps (nothing to read for them)."""
+    empty = make(fg=((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)))
+    path = rewrite(saved(empty, tmp_path), lambda t, h: h.__setitem__("steps", [0, 1]))
+    back = BackgroundRecord.load(path)
+    assert back.background_tokens == 0 and list(back.store.keys()) == []
+
+
+def test_a_record_of_one_background_token_written_while_inverting(tmp_path):
+    rec = make(fg=((0, 0), (0, 1), (1, 0), (1, 1), (1, 2)))
+    sink = DiskRecordSink(str(tmp_path / "o.bgkv.safetensors"), make(fg=((0, 0), (0, 1), (1, 0), (1, 1), (1, 2)),
+                                                                     fill=False), steps=[0, 1]).open()
+    for key in rec.store.use_order():
+        sink.put(*key, *rec.store.get(*key, "cpu", torch.float32))
+    same_contents(rec, sink.finish(rec.trajectory))
+
+
+def test_the_depth_given_bounds_writing_and_reading(tmp_path):
+    """The memory limit decides ``depth``: at most that many staging buffers while writing,
+    and entries read ahead while editing."""
+    rec = make(steps=4)
+    sink = DiskRecordSink(str(tmp_path / "d.bgkv.safetensors"), make(steps=4, fill=False), steps=[0, 1, 2, 3],
+                          depth=1).open()
+    for key in reversed(rec.store.use_order()):
+        sink.put(*key, *rec.store.get(*key, "cpu", torch.float32))
+    assert sink.writer._made == 1  # staging buffers made
+    out = sink.finish(rec.trajectory, depth=1)
+    for key in out.store.use_order():
+        out.store.get(*key, "cpu", torch.float32)
+        time.sleep(0.02)  # a slow edit: the reader would run ahead if it were allowed to
+    out.store.release()
+    assert out.store.peak_bytes == out.store.entry_bytes()

@@ -258,9 +258,49 @@ def test_converted_from_low_bits_keeps_the_values():
 
 
 def test_fp8_keeps_small_values_within_its_precision():
-    """Keys of magnitude 1e-3 are scaled up to the fp8 range too (not flushed to fp8's subnormals)."""
+    """Keys of magnitude 1e-6 are scaled up to the fp8 range too (not flushed to fp8's subnormals)."""
     store = KVStore(storage="fp8")
-    k, v = kv(scale=1e-3)
+    k, v = kv(scale=1e-6)
     store.put(0, ("double", 0), k, v)
     k2, v2 = store.get(0, ("double", 0), "cpu", torch.float32)
     assert ((k2 - k).abs() <= k.abs().amax() * 2 ** -4).all() and ((v2 - v).abs() <= v.abs().amax() * 2 ** -4).all()
+
+
+def test_a_jump_discards_the_copies_left_behind_with_their_handles():
+    store = filled("fp32")
+    log, _ = with_transfer(store, 2)
+    store.get(0, ("double", 0), "cpu", torch.float32)   # copies (0, single 0), (1, double 0) ahead
+    store.get(2, ("double", 0), "cpu", torch.float32)   # a second edit starting later
+    assert [k for what, k in log if what == "discard"] == [(0, ("single", 0)), (1, ("double", 0))]
+    assert store.in_flight() == [(2, ("single", 0))]
+    store.release()
+
+
+def test_values_recorded_are_copies():
+    """FLUX updates tensors in place after attention: the record must keep what it was given."""
+    k, v = kv()
+    store = KVStore(storage="fp32")
+    store.put(0, ("double", 0), k, v)
+    k0, v0 = k.clone(), v.clone()
+    k.add_(1)
+    v.add_(1)
+    k2, v2 = store.get(0, ("double", 0), "cpu", torch.float32)
+    assert torch.equal(k2, k0) and torch.equal(v2, v0)
+
+
+def test_a_streamed_edit_hands_back_its_read_buffers(tmp_path):
+    """Replay.get gives a streamed store the parts it decoded, so their read buffer is reused
+    (no allocation per block)."""
+    from test_mutation_guards_kv_disk import keys as disk_keys
+    from test_mutation_guards_kv_disk import open_store, write
+
+    path = tmp_path / "r.bgkv.safetensors"
+    write(path, "int4", steps=4)
+    store = open_store(path, "int4", steps=4, depth=1)
+    made = []
+    entry_bytes = store.entry_bytes
+    store.entry_bytes = lambda: made.append(1) or entry_bytes()  # asked each time a new buffer is made
+    for key in disk_keys(4):
+        store.get(*key, "cpu", torch.float32)
+    store.release()
+    assert len(made) <= 3
