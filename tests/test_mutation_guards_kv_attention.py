@@ -80,3 +80,19 @@ def test_background_kept_per_image_of_a_batch_and_in_the_edit_dtype():
     # one mask for the whole batch, video latents [B, C, T, h, w]
     one = keep_background(torch.ones(2, 4, 3, 2, 3), torch.zeros(2, 4, 3, 2, 3), m[:1])
     assert one.sum() == 2 * 4 * 3 and one[:, :, :, 0, 0].eq(1).all()
+
+
+def test_cached_keys_of_one_image_serve_a_batch_as_large_as_the_head_count():
+    """Batch 2 with 2 heads: the cache's batch (1), not its head count, decides the broadcast."""
+    k, v = rand(2, 2, 4, 8, seed=1), rand(2, 2, 4, 8, seed=2)
+    ck, cv = rand(1, 2, 3, 8, seed=3), rand(1, 2, 3, 8, seed=4)
+    k2, v2 = append_cached(k, v, ck, cv)
+    assert k2.shape == (2, 2, 7, 8) and torch.equal(k2[1, :, 4:], ck[0]) and torch.equal(v2[1, :, 4:], cv[0])
+
+
+def test_background_kept_per_image_of_a_video_batch():
+    m = torch.zeros(2, 2, 3, dtype=torch.bool)
+    m[0, 0, 0] = True
+    m[1, 1, 2] = True
+    out = keep_background(torch.ones(2, 4, 3, 2, 3), torch.zeros(2, 4, 3, 2, 3), m)
+    assert out.sum() == 2 * 4 * 3 and out[0, :, :, 0, 0].eq(1).all() and out[1, :, :, 1, 2].eq(1).all()

@@ -60,8 +60,10 @@ def test_value_groups_of_channels(bits):
 def test_stats_cover_the_group_so_no_code_is_clamped():
     """The stored minimum is at or below the group's minimum and min + 15 * scale at or above
     its maximum, even after rounding to bfloat16 (negative and positive groups)."""
-    for sign in (1.0, -1.0):
-        x = sign * (torch.rand(1, 1, 3, 128, generator=torch.Generator().manual_seed(2)) * 3 + 1.3)
+    base = torch.rand(1, 1, 3, 128, generator=torch.Generator().manual_seed(2)) * 3
+    zero_min = base - base.amin(-1, keepdim=True).amin(2, keepdim=True)  # groups whose minimum is exactly 0
+    zero_min[:, :, :, 0] = 0
+    for x in (base + 1.3, -(base + 1.3), zero_min):
         _, s, m = q.quantize_values(x, 4)
         assert (m.float() <= x.amin(-1, keepdim=True)).all()
         assert (m.float() + 15 * s.float() >= x.amax(-1, keepdim=True)).all()
@@ -69,3 +71,25 @@ def test_stats_cover_the_group_so_no_code_is_clamped():
         assert (mk.float() <= x.amin(2, keepdim=True)).all()
         assert (mk.float() + 15 * sk.float() >= x.amax(2, keepdim=True)).all()
 
+
+
+def test_values_of_a_batch_decode_per_image():
+    v = torch.randn(2, 2, 3, 16, generator=torch.Generator().manual_seed(3))
+    v[1] *= 50  # the second image's values have another range
+    p, s, m = q.quantize_values(v, 4, group=8)
+    v2 = q.dequantize_values(p, s, m, 4)
+    assert v2.shape == v.shape
+    assert ((v2 - v).abs() <= q.error_bound(s, "v", v.shape, group=8) * (1 + 1e-5) + 1e-6).all()
+
+
+@pytest.mark.parametrize("storage", ["int4", "int2"])
+def test_low_bit_records_have_integer_shapes_any_safetensors_reader_accepts(tmp_path, storage):
+    """Packed and stat shapes go into the file header: they must be integers."""
+    from safetensors import safe_open
+    from test_mutation_guards_kv_disk import write
+
+    path = tmp_path / "q.bgkv.safetensors"
+    write(path, storage)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.get_slice("kv.k.0.double.0").get_shape() == [1, 2, 3, 8 * q.BITS[storage] // 8]
+        assert f.get_slice("kv.vs.0.double.0").get_shape() == [1, 2, 3, 1]
