@@ -379,3 +379,24 @@ def test_reading_a_changed_file_into_memory_is_refused(tmp_path):
         f.write(b"x")
     with pytest.raises(DiskRecordError, match="was changed or replaced after it was opened; load it again"):
         store.converted()
+
+
+def test_a_refused_file_never_closes_a_descriptor_it_no_longer_owns(tmp_path):
+    """A refused RecordFile closed its descriptor, then closed the same number again when it was
+    garbage collected: by then the number belonged to another open file (found via a flaky
+    mutation run, where a later test's record file lost its descriptor)."""
+    import gc
+
+    bad = tmp_path / "bad.bgkv.safetensors"
+    bad.write_bytes(b"1234")
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"keep me")
+    with pytest.raises(DiskRecordError) as refused:  # its traceback keeps the refused object alive
+        RecordFile(str(bad))
+    fd = os.open(str(other), os.O_RDONLY)  # the lowest free number: the one the refused file had
+    try:
+        del refused
+        gc.collect()
+        assert os.pread(fd, 7, 0) == b"keep me"
+    finally:
+        os.close(fd)
