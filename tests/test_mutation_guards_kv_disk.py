@@ -368,7 +368,7 @@ def test_an_edit_reuses_a_few_read_buffers(tmp_path):
         for key in keys(4):
             store.get(*key, "cpu", torch.float32)
     store.release()
-    assert len(sizes) <= 3
+    assert len(sizes) <= 4  # 24 when every block allocates its own
 
 
 def test_reading_a_changed_file_into_memory_is_refused(tmp_path):

@@ -303,4 +303,4 @@ def test_a_streamed_edit_hands_back_its_read_buffers(tmp_path):
     for key in disk_keys(4):
         store.get(*key, "cpu", torch.float32)
     store.release()
-    assert len(made) <= 3
+    assert len(made) <= 4  # 12 when every block allocates its own
