@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import struct
+import time
 
 import pytest
 import torch
@@ -400,3 +401,49 @@ def test_a_refused_file_never_closes_a_descriptor_it_no_longer_owns(tmp_path):
         assert os.pread(fd, 7, 0) == b"keep me"
     finally:
         os.close(fd)
+
+
+def _slow_disk(monkeypatch, seconds=0.01):
+    real = os.pwrite
+
+    def slow(fd, data, off):
+        time.sleep(seconds)
+        return real(fd, data, off)
+
+    monkeypatch.setattr(os, "pwrite", slow)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_writing_uses_at_most_depth_staging_buffers_of_one_entry(tmp_path, monkeypatch, depth):
+    """The memory limit decides ``depth``: while the disk is slower than the model, at most
+    ``depth`` staging buffers, each the size of one entry, and no new one per entry."""
+    _slow_disk(monkeypatch)
+    layout = Layout.build([], "bf16", SHAPE, keys(4))
+    w = RecordWriter(str(tmp_path / "b.bgkv.safetensors"), layout, META, depth=depth)
+    seen = {}
+    take = w._buffer
+
+    def staging(nbytes, pin):
+        buf = take(nbytes, pin)
+        seen[buf.data_ptr()] = buf
+        return buf
+
+    w._buffer = staging
+    for s, b in reversed(keys(4)):
+        w.put(s, b, *kv(s), "bf16")
+    w.finish()
+    assert len(seen) == depth
+    assert all(b.numel() == layout.max_entry for b in seen.values())
+
+
+def test_abort_stops_the_writer_closes_the_file_and_can_be_repeated(tmp_path, monkeypatch):
+    _slow_disk(monkeypatch, 0.02)
+    fds = set(os.listdir("/proc/self/fd"))
+    layout = Layout.build([], "bf16", SHAPE, keys(2))
+    w = RecordWriter(str(tmp_path / "a.bgkv.safetensors"), layout, META, depth=4)
+    for s, b in keys(2)[:4]:
+        w.put(s, b, *kv(s), "bf16")
+    w.abort()
+    assert not w._thread.is_alive()       # nothing writes into the file any more
+    assert set(os.listdir("/proc/self/fd")) <= fds and list(tmp_path.iterdir()) == []
+    w.abort()
