@@ -447,3 +447,15 @@ def test_abort_stops_the_writer_closes_the_file_and_can_be_repeated(tmp_path, mo
     assert not w._thread.is_alive()       # nothing writes into the file any more
     assert set(os.listdir("/proc/self/fd")) <= fds and list(tmp_path.iterdir()) == []
     w.abort()
+
+
+def test_a_streamed_store_read_into_memory_on_a_device(tmp_path):
+    path = tmp_path / "g.bgkv.safetensors"
+    write(path, "bf16")
+    store = open_store(path, "bf16")
+    mem = store.converted(device="meta")  # any device: the compute device
+    assert mem.device.type == "meta" and mem.entries[(0, ("double", 0))]["k"].device.type == "meta"
+    cpu = store.converted()
+    assert cpu.peak_bytes == cpu.nbytes() == store.nbytes()
+    empty = DiskKVStore(store.rf, "bf16", (1, 2, 0, 8), {})  # a record without background tokens
+    assert empty.token_count() == 0 and empty.entry_bytes() == 0 and empty.nbytes() == 0
