@@ -459,3 +459,20 @@ def test_a_streamed_store_read_into_memory_on_a_device(tmp_path):
     assert cpu.peak_bytes == cpu.nbytes() == store.nbytes()
     empty = DiskKVStore(store.rf, "bf16", (1, 2, 0, 8), {})  # a record without background tokens
     assert empty.token_count() == 0 and empty.entry_bytes() == 0 and empty.nbytes() == 0
+
+
+def test_a_record_of_flux_dev_blocks_at_50_steps_finishes(tmp_path):
+    """57 blocks x 50 steps = 2850 entries: the final checksums must fit the room the
+    placeholder header left (compact JSON, as the placeholder)."""
+    many = [(s, ("double" if b < 19 else "single", b)) for s in range(50) for b in range(57)]
+    layout = Layout.build([], "bf16", (1, 1, 1, 2), many)
+    path = tmp_path / "big.bgkv.safetensors"
+    w = RecordWriter(str(path), layout, META, depth=8)
+    one = encode(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), "bf16")
+    for key in many:
+        w.put_parts(key, one)
+    w.finish()
+    w.abort()  # after finishing: nothing to undo, the record stays
+    rf = RecordFile(str(path))
+    assert len(rf.checksums) == 2850 and path.exists()
+    rf.close()
