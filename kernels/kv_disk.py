@@ -212,8 +212,10 @@ class RecordWriter:
         head = self.layout.header_json(meta)
         if len(head) > self.header_len:
             raise DiskRecordError("record header outgrew its room")
-        data = struct.pack("<Q", self.header_len) + head + b" " * (self.header_len - len(head))
-        os.pwrite(self.fd, data, 0)
+        data = memoryview(struct.pack("<Q", self.header_len) + head + b" " * (self.header_len - len(head)))
+        done = 0
+        while done < len(data):  # pwrite may write less than asked, like the data writes below
+            done += os.pwrite(self.fd, data[done:], done)
 
     # -- producer side
     def _push(self, item) -> None:
