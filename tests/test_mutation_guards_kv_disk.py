@@ -505,3 +505,78 @@ def test_fp8_scales_after_an_odd_number_of_codes_are_read(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(store.get(*key, "cpu", torch.float32),
                                                       mem.get(*key, "cpu", torch.float32)))
     store.release()
+
+
+def test_a_record_being_written_is_refused_as_unfinished(tmp_path):
+    """What a killed inversion leaves: the placeholder header, written first."""
+    import shutil as sh
+
+    from precise_edit.kernels.kv_record import FORMAT, VERSION, BackgroundRecord, RecordError
+
+    layout = Layout.build([], "bf16", SHAPE, keys(1))
+    path = tmp_path / "u.bgkv.safetensors"
+    w = RecordWriter(str(path), layout, {"format": FORMAT, "version": VERSION, "header": "{}"})
+    w.put(0, ("double", 0), *kv(0), "bf16")
+    copy = tmp_path / "copy.bgkv.safetensors"
+    sh.copyfile(str(path) + ".partial", copy)
+    w.abort()
+    with pytest.raises(RecordError) as e:
+        BackgroundRecord.load(str(copy))
+    assert str(e.value) == ("copy.bgkv.safetensors was not finished (the inversion writing it was interrupted); "
+                            "invert again")
+
+
+def test_a_written_record_is_aligned_and_readable_by_others(tmp_path):
+    path = tmp_path / "a.bgkv.safetensors"
+    write(path, "bf16")
+    rf = RecordFile(str(path))
+    assert rf.data_start % 8 == 0  # safetensors pads its header so that the data is 8-byte aligned
+    rf.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_short_writes_are_continued(tmp_path, monkeypatch):
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: real(fd, bytes(data[:7]), off))
+    path = tmp_path / "s.bgkv.safetensors"
+    write(path, "int4")
+    monkeypatch.undo()
+    store = open_store(path, "int4")
+    for key in keys(2):
+        assert all(torch.equal(a, b) for a, b in zip(store.get(*key, "cpu", torch.float32), expected("int4", *key)))
+    store.release()
+
+
+def test_a_write_error_other_than_a_full_disk_keeps_its_own_message(tmp_path, monkeypatch):
+    layout = Layout.build([], "bf16", SHAPE, keys(1))
+    w = RecordWriter(str(tmp_path / "e.bgkv.safetensors"), layout, META)
+
+    def broken(*a):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", broken)
+    with pytest.raises(OSError) as e:
+        for s, b in keys(1):
+            w.put(s, b, *kv(0), "bf16")
+        w.finish()
+    assert not isinstance(e.value, DiskRecordError) and e.value.errno == errno.EIO
+    monkeypatch.undo()
+    w.abort()
+
+
+def test_no_room_names_the_size_in_gib(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**50, 0, 2**50))
+
+    def no_room(fd, off, n):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    layout = Layout.build([], "bf16", (1, 24, 3072, 128), [(s, ("double", 0)) for s in range(28)])
+    with pytest.raises(DiskRecordError, match=r"^the record needs 0\.98 GiB on disk in .*, which is not free$"):
+        RecordWriter(str(tmp_path / "n.bgkv.safetensors"), layout, META)
