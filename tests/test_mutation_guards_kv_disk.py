@@ -580,3 +580,14 @@ def test_no_room_names_the_size_in_gib(tmp_path, monkeypatch):
     layout = Layout.build([], "bf16", (1, 24, 3072, 128), [(s, ("double", 0)) for s in range(28)])
     with pytest.raises(DiskRecordError, match=r"^the record needs 0\.98 GiB on disk in .*, which is not free$"):
         RecordWriter(str(tmp_path / "n.bgkv.safetensors"), layout, META)
+
+
+def test_a_streamed_store_starts_empty_and_its_reader_never_blocks_exit(tmp_path):
+    path = tmp_path / "x.bgkv.safetensors"
+    write(path, "bf16")
+    store = open_store(path, "bf16")
+    assert store.peak_bytes == 0 and store.bytes_read == 0 and store.wait_s == 0.0
+    store.get(0, ("double", 0), "cpu", torch.float32)
+    assert store._thread.daemon  # a reader left running never keeps Python (ComfyUI) from exiting
+    assert 0 < store.wait_s < 60 and store.bytes_read == entry_nbytes("bf16", SHAPE)
+    store.release()
