@@ -449,6 +449,7 @@ def test_abort_stops_the_writer_closes_the_file_and_can_be_repeated(tmp_path, mo
     fds = set(os.listdir("/proc/self/fd"))
     layout = Layout.build([], "bf16", SHAPE, keys(2))
     w = RecordWriter(str(tmp_path / "a.bgkv.safetensors"), layout, META, depth=4)
+    assert w._thread.daemon  # a writer left running never keeps Python (ComfyUI) from exiting
     for s, b in keys(2)[:4]:
         w.put(s, b, *kv(s), "bf16")
     w.abort()
