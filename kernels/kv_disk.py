@@ -212,8 +212,10 @@ class RecordWriter:
         head = self.layout.header_json(meta)
         if len(head) > self.header_len:
             raise DiskRecordError("record header outgrew its room")
-        data = struct.pack("<Q", self.header_len) + head + b" " * (self.header_len - len(head))
-        os.pwrite(self.fd, data, 0)
+        data = memoryview(struct.pack("<Q", self.header_len) + head + b" " * (self.header_len - len(head)))
+        done = 0
+        while done < len(data):  # pwrite may write less than asked, like the data writes below
+            done += os.pwrite(self.fd, data[done:], done)
 
     # -- producer side
     def _push(self, item) -> None:
@@ -235,15 +237,14 @@ class RecordWriter:
         """Queue one entry already encoded (:func:`~.kv_store.encode`)."""
         key = norm_key(*key)
         start, end, names = self.layout.entries[key]
+        flats = [parts[p].contiguous().reshape(-1).view(torch.uint8) for p, _ in names]
+        if sum(f.numel() for f in flats) != end - start:
+            raise DiskRecordError(f"keys/values of {entry_key(*key)} do not fit the record's layout")
         buf = self._buffer(end - start, pin=parts["k"].is_cuda)
         off = 0
-        for p, _ in names:
-            flat = parts[p].contiguous().reshape(-1).view(torch.uint8)
+        for flat in flats:
             buf[off:off + flat.numel()].copy_(flat)
             off += flat.numel()
-        if off != end - start:
-            self._pool.append(buf)
-            raise DiskRecordError(f"keys/values of {entry_key(*key)} do not fit the record's layout")
         self._push((entry_name(key), start, buf[:off], buf))
 
     def _buffer(self, nbytes: int, pin: bool) -> torch.Tensor:

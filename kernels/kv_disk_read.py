@@ -80,6 +80,7 @@ class RecordFile:
             self.checksums = json.loads(self.metadata["checksums"]) if "checksums" in self.metadata else None
         except BaseException:
             os.close(self.fd)
+            self.fd = None  # closed: __del__ must not close the number again (another file may have it)
             raise
 
     delete_on_close = False  # a scratch record (ComfyUI's temp folder): removed when no longer used

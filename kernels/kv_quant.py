@@ -65,7 +65,7 @@ def _unpack(p: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.stack(parts, -1).reshape(*p.shape[:-1], p.shape[-1] * per)
 
 
-def _code(x: torch.Tensor, mn: torch.Tensor, mx: torch.Tensor, bits: int):
+def _code(mn: torch.Tensor, mx: torch.Tensor, bits: int):
     qmax = (1 << bits) - 1
     lo = _down(mn)
     scale = _up((mx - lo.float()) / qmax).float().clamp(min=1e-30)
@@ -83,7 +83,7 @@ def quantize_keys(k: torch.Tensor, bits: int, group: int = GROUP):
     pad = ng * g - T
     xp = torch.cat([x, x[:, :, -1:].expand(B, H, pad, D)], 2) if pad else x
     xg = xp.reshape(B, H, ng, g, D)
-    lo, scale = _code(xg, xg.amin(3), xg.amax(3), bits)
+    lo, scale = _code(xg.amin(3), xg.amax(3), bits)
     q = ((xg - lo.float()[:, :, :, None]) / scale[:, :, :, None]).round_().clamp_(0, (1 << bits) - 1)
     q = q.reshape(B, H, ng * g, D)[:, :, :T]
     return _pack(q, bits), scale.to(STAT_DTYPE), lo
@@ -98,7 +98,7 @@ def quantize_values(v: torch.Tensor, bits: int, group: int = GROUP):
     if D % g:
         raise QuantError(f"head size {D} is not a multiple of the value group size {g}")
     xg = v.float().reshape(B, H, T, D // g, g)
-    lo, scale = _code(xg, xg.amin(4), xg.amax(4), bits)
+    lo, scale = _code(xg.amin(4), xg.amax(4), bits)
     q = ((xg - lo.float()[..., None]) / scale[..., None]).round_().clamp_(0, (1 << bits) - 1)
     return _pack(q.reshape(B, H, T, D), bits), scale.to(STAT_DTYPE), lo
 

@@ -330,48 +330,6 @@ class KVStore(Replay):
         out.peak_bytes = out.nbytes()
         return out
 
-    # -- serialisation -------------------------------------------------------------------
-    def to_tensors(self, prefix: str = "kv.") -> dict[str, torch.Tensor]:
-        out = {}
-        for key in self.use_order():
-            for part, t in self.entries[key].items():
-                out[f"{prefix}{part}.{entry_key(*key)}"] = t.contiguous().cpu()
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], storage: str, steps: list[int],
-                     blocks: list[tuple[str, int]], shape: tuple[int, ...], device="cpu",
-                     prefix: str = "kv.") -> "KVStore":
-        """Rebuild a store, checking that exactly the expected entries exist with the expected
-        shape and type. Raises :class:`KVStoreError` naming the first problem."""
-        store = cls(storage=storage, device=device)
-        expected = set()
-        layout = entry_parts(storage, shape)
-        for step in steps:
-            for block in blocks:
-                parts = {}
-                for part, dt, shp in layout:
-                    n = f"{prefix}{part}.{entry_key(step, block)}"
-                    expected.add(n)
-                    parts[part] = check_tensor(n, tensors.get(n), dt, shp, storage).to(store.device)
-                store.entries[norm_key(step, block)] = parts
-        extra = sorted(n for n in tensors if n.startswith(prefix) and n not in expected)
-        if extra:
-            raise KVStoreError(f"unexpected tensors in the record: {extra[:5]}")
-        store._orders_changed()
-        store.peak_bytes = store.nbytes()
-        return store
-
-
-def check_tensor(name: str, t, dtype, shape, storage: str = ""):
-    if t is None:
-        raise KVStoreError(f"missing tensor {name}")
-    if t.dtype != dtype:
-        raise KVStoreError(f"tensor {name} is {t.dtype}, expected {dtype}" + (f" ({storage})" if storage else ""))
-    if tuple(t.shape) != tuple(shape):
-        raise KVStoreError(f"tensor {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    return t
-
 
 _STREAMS: dict = {}
 

@@ -37,7 +37,7 @@ def _record(storage="fp32", steps=2, mask_guided=True):
 
 
 def _names(store):
-    return [k for k in store.to_tensors() if k.startswith(("kv.k.", "kv.v."))]
+    return [(key, part) for key in store.use_order() for part in store.entries[key] if part in ("k", "v")]
 
 
 def test_store_lookup_blocks_and_token_count():
