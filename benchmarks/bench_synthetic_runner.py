@@ -49,7 +49,7 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        mapping = piebench.write(scenes.edits(1001, args.n), tmp / "set", size=scenes.SIZE)
+        mapping = piebench.write(scenes.edits(1001, args.n), tmp / "set", size=scenes.FLUX_SIZE)  # the Kontext-style model's size
         for name, wf in (("kontext", run_judge.kontext_workflow(steps=args.steps)),
                          ("kontext_spotedit", spot_workflow(args.steps, args.tau))):
             (tmp / f"{name}.json").write_text(json.dumps(wf))

@@ -25,7 +25,7 @@ def _import_pack():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=["vae16", "vae16_96", "vae4", "flux", "kontext", "sd", "ip2p"])
+    ap.add_argument("model", choices=["vae16", "vae4", "flux", "kontext", "sd", "ip2p"])
     ap.add_argument("--force", action="store_true", help="overwrite the shipped weight file")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
     ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
@@ -44,11 +44,11 @@ def main() -> None:
         kw["recipe"] = args.recipe
     if args.model == "vae16":
         from precise_edit.synthetic.train_vae import train
-    elif args.model in ("vae4", "vae16_96"):
+    elif args.model == "vae4":
         from functools import partial
 
         from precise_edit.synthetic.train_vae import train as train_vae
-        train = partial(train_vae, latent_channels=4 if args.model == "vae4" else 16, name=args.model)
+        train = partial(train_vae, latent_channels=4, name=args.model)
     elif args.model in ("sd", "ip2p"):
         from precise_edit.synthetic import train_unet
         train = train_unet.train_sd if args.model == "sd" else train_unet.train_ip2p

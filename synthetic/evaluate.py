@@ -13,7 +13,7 @@ from . import judge, scenes
 from .models import conditioning
 
 SIZE = scenes.FLUX_SIZE        # the text-to-image FLUX model's images (vae16)
-KONTEXT_SIZE = scenes.SIZE     # the Kontext-style model's (vae16_96: not yet retrained at 128 pixels)
+KONTEXT_SIZE = scenes.FLUX_SIZE  # the Kontext-style model, retrained at 128 pixels on vae16
 
 
 def render(scene: scenes.Scene, size: int = SIZE) -> np.ndarray:

@@ -17,14 +17,14 @@ def load_state(name: str) -> dict[str, torch.Tensor]:
     return load_file(str(weight_path(name)))
 
 
-# Each model's VAE. The Kontext-style model still is the one trained on the first 16-channel VAE
-# at 96 pixels (``vae16_96``); the text-to-image FLUX model was retrained at 128 pixels on ``vae16``.
-VAE_OF = {"flux": "vae16", "kontext": "vae16_96", "sd": "vae4", "ip2p": "vae4"}
+# Each model's VAE: the FLUX-family models (text-to-image and Kontext-style) at 128 pixels on
+# ``vae16``, the SD-type UNets at 96 pixels on ``vae4``.
+VAE_OF = {"flux": "vae16", "kontext": "vae16", "sd": "vae4", "ip2p": "vae4"}
 
 
 def vae(name: str = "vae16"):
     """The synthetic TAESD-layout VAE (``vae16``: 16 channels, FLUX family, 128-pixel images;
-    ``vae16_96``: the first one, 96 pixels; ``vae4``: 4 channels, SD-type UNets) as ComfyUI loads
+    ``vae4``: 4 channels, SD-type UNets) as ComfyUI loads
     a VAE file."""
     import comfy.sd
 

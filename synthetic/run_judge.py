@@ -15,7 +15,7 @@ import numpy as np
 
 from . import judge
 from .piebench import pair_from_entry
-from .scenes import SIZE   # the Kontext-style model's image size (evaluate.KONTEXT_SIZE)
+from .scenes import FLUX_SIZE as SIZE   # the Kontext-style model's image size (evaluate.KONTEXT_SIZE)
 
 
 def judge_run(out: str | Path, mapping_file: str | Path) -> dict[str, dict[str, float]]:

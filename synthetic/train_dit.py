@@ -204,7 +204,7 @@ def train_flux(steps: int = 2000, batch_size: int = 16, lr: float = 2e-3, n_imag
     return loss
 
 
-def train_kontext(steps: int = 1000, batch_size: int = 16, lr: float = 1e-3, n_pairs: int = 1500,
+def train_kontext(steps: int = 3000, batch_size: int = 16, lr: float = 1e-3, n_pairs: int = 1500,
                   force: bool = False, init: str | None = "flux") -> float:
     """``init``: start from that shipped model's weights (the text-to-image one, as FLUX.1 Kontext
     starts from FLUX.1: it already draws the objects the phrases name), or from scratch (None)."""

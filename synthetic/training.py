@@ -14,7 +14,6 @@ import torch
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {
     "vae16": "taesd16_synthetic.safetensors",
-    "vae16_96": "taesd16_96_synthetic.safetensors",   # the first 16-channel VAE (96 px), the Kontext-style model's
     "vae4": "taesd4_synthetic.safetensors",
     "sd": "sd_unet_synthetic.safetensors",
     "ip2p": "ip2p_unet_synthetic.safetensors",
