@@ -199,7 +199,8 @@ def main():
         return
     print(f"hidden {args.hidden}, {args.side ** 2 // 4} image + {args.side ** 2 // 4} reference + {args.text} text "
           f"tokens, {args.steps} Euler steps, fp32 CPU; warm-up {args.warmup}, reset every {args.reset}, fusion "
-          f"cos2; 25% of the image active (user mask, replace)")
+          f"cos2; 25% of the image active (user mask, replace); SpotEdit and unpatched: medians of {args.runs} "
+          f"interleaved runs, EasyCache rows: one run")
     print()
     print("| model | run | time | speed-up | ideal (token counts) | share of ideal |")
     print("|---|---|---|---|---|---|")
@@ -214,8 +215,12 @@ def main():
         sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=mask).args[0]
         patched = SpotFusionSampler.execute(model, sel, args.warmup, args.reset, "cos2").args[0]
         run(model, family, argparse.Namespace(**{**vars(args), "steps": 2}), y)  # warm-up
-        t_base, base = run(model, family, args, y)
-        t_spot, out = run(patched, family, args, y)
+        t_bases, t_spots = [], []
+        for _ in range(args.runs):  # interleaved; medians
+            t_bases.append(run(model, family, args, y)[0])
+            t, out = run(patched, family, args, y)
+            t_spots.append(t)
+        t_base, t_spot = statistics.median(t_bases), statistics.median(t_spots)
         fr = SpotEditPreview.execute(patched, {"samples": out}, -1).args[1]
         settled = torch.ones(shape, dtype=torch.bool)
         settled[..., : side // 2, : side // 2] = False

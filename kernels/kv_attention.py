@@ -8,13 +8,25 @@ from __future__ import annotations
 import torch
 
 
-def append_cached(k: torch.Tensor, v: torch.Tensor, k_extra: torch.Tensor, v_extra: torch.Tensor):
-    """Keys/values of the computed tokens followed by cached ones (broadcast over batch)."""
+def append_cached(k: torch.Tensor, v: torch.Tensor, k_extra, v_extra):
+    """Keys/values of the computed tokens followed by cached ones (broadcast over batch).
+    ``k_extra`` / ``v_extra`` are tensors or sequences of parts, joined in one concatenation."""
     B = k.shape[0]
-    if k_extra.shape[0] != B:
-        k_extra = k_extra.expand(B, *k_extra.shape[1:])
-        v_extra = v_extra.expand(B, *v_extra.shape[1:])
-    return torch.cat((k, k_extra.to(k.dtype)), dim=2), torch.cat((v, v_extra.to(v.dtype)), dim=2)
+
+    def parts(extra, like):
+        for t in (extra if isinstance(extra, (list, tuple)) else (extra,)):
+            if t.shape[0] != B:
+                t = t.expand(B, *t.shape[1:])
+            yield t.to(like.dtype)
+
+    return torch.cat((k, *parts(k_extra, k)), dim=2), torch.cat((v, *parts(v_extra, v)), dim=2)
+
+
+def extra_length(extra) -> int:
+    """Number of cached tokens in a tensor or a sequence of parts (dimension 2)."""
+    if isinstance(extra, (list, tuple)):
+        return sum(t.shape[2] for t in extra)
+    return extra.shape[2]
 
 
 def extend_bias(mask: torch.Tensor | None, lq: int, lk_own: int, n_extra: int, extra_bias: float,

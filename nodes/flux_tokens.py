@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels.kv_attention import append_cached, extend_bias, mask_guided_bias
+from ..kernels.kv_attention import append_cached, extend_bias, extra_length, mask_guided_bias
 
 Block = tuple[str, int]
 
@@ -38,7 +38,8 @@ class TokenPlan:
     record_idx: torch.Tensor | None = None       # indices into [image | reference] whose k/v are recorded
     record_all: bool = False                     # record every image and reference token
     record: Callable[[Block, torch.Tensor, torch.Tensor], None] | None = None
-    cached: Callable[[Block, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor] | None] | None = None
+    # cached keys/values for a block: tensors, or sequences of parts (joined with the computed ones in one cat)
+    cached: Callable[[Block, torch.device, torch.dtype], tuple | None] | None = None
     cached_bias: float = 0.0                     # added to the logits of every cached key
     guided_fg: torch.Tensor | None = None        # bool over image tokens: mask-guided attention
 
@@ -132,11 +133,11 @@ class TokenController:
                     mask = guided if mask is None else mask + guided
                 if plan.cached is not None:
                     extra = plan.cached(block, k.device, k.dtype)
-                    if extra is not None and extra[0].shape[2] > 0:
+                    n_extra = extra_length(extra[0]) if extra is not None else 0
+                    if n_extra > 0:
                         lk = k.shape[2]
                         k, v = append_cached(k, v, extra[0], extra[1])
-                        mask = extend_bias(mask, q.shape[2], lk, extra[0].shape[2], plan.cached_bias,
-                                           q.dtype, q.device)
+                        mask = extend_bias(mask, q.shape[2], lk, n_extra, plan.cached_bias, q.dtype, q.device)
                 kwargs["mask"] = mask
             if previous is not None:
                 return previous(func, q, k, v, heads, *args, **kwargs)

@@ -233,3 +233,14 @@ def test_truncated_and_pickle_files_are_refused_without_executing(tmp_path):
     torch.save({"a": torch.zeros(1)}, tmp_path / "torch.bgkv.safetensors")
     with pytest.raises(RecordError):
         BackgroundRecord.load(str(tmp_path / "torch.bgkv.safetensors"))
+
+
+def test_cached_parts_are_appended_in_order_and_broadcast_over_the_batch():
+    from precise_edit.kernels.kv_attention import extra_length
+
+    k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    a, b = torch.randn(1, 3, 2, 8), torch.randn(1, 3, 5, 8)
+    k2, v2 = append_cached(k, v, (a, b), [b, a])
+    assert torch.equal(k2, torch.cat((k, a.expand(2, -1, -1, -1), b.expand(2, -1, -1, -1)), 2))
+    assert torch.equal(v2, torch.cat((v, b.expand(2, -1, -1, -1), a.expand(2, -1, -1, -1)), 2))
+    assert extra_length((a, b)) == 7 and extra_length(a) == 2

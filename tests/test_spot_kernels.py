@@ -106,3 +106,25 @@ def test_authors_full_steps_and_weight():
     s = torch.tensor([0.1, 0.3])
     assert spot.authors_reuse(s, 0.2, "L4").tolist() == [True, False]
     assert spot.authors_reuse(s, 0.2, "cosine").tolist() == [False, True]
+
+
+def test_the_pre_scaled_fusion_equals_the_plain_fusion():
+    """What a selective step runs per block (rotation pre-scaled by 1 - a once per step, the blend
+    in float32) equals fuse_key; with bf16 keys it is the float32 blend rounded once."""
+    k_img_raw, k_ref_raw = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    r_img, r_ref = _rope(torch.arange(5.0)[None, None]), _rope(torch.arange(5.0)[None, None] + 7)
+    k_img, k_ref = spot.rotate(k_img_raw, r_img), spot.rotate(k_ref_raw, r_ref)
+    move = spot.rotation_between(r_img, r_ref)
+    for a in (0.0, 0.3, 0.77):
+        got = spot.fuse_key_scaled(k_img, k_ref, spot.scaled_rotation(move, a), a)
+        assert torch.allclose(got, spot.fuse_key(k_img, k_ref, move, a), atol=1e-6)
+    a = 0.3
+    want = spot.fuse_key(k_img.bfloat16().float(), k_ref.bfloat16().float(), move, a)
+    got = spot.fuse_key_scaled(k_img.bfloat16(), k_ref.bfloat16(), spot.scaled_rotation(move, a), a)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.bfloat16())
+
+
+def test_values_fuse_by_lerp():
+    c, r = torch.randn(3, 4), torch.randn(3, 4)
+    assert torch.allclose(spot.fuse(c, r, 0.3), 0.3 * c + 0.7 * r, atol=1e-6)
+    assert spot.fuse(c, r, 1.0) is c

@@ -347,8 +347,13 @@ class SpotState:
         a = spot.authors_fusion_weight(sigma) if self.authors else spot.fusion_weight(sigma, self.schedule)
         n_img = run.n_img
         rot = run.ref_rot
-        rot_settled = rot[:, :, idx_settled.to(rot.device)] if rot is not None else None
         authors = self.authors
+        # once per step for every block: one gather takes a settled token's cached and reference
+        # keys together; the rotation to the image position comes pre-scaled by 1 - a
+        ns = idx_settled.numel()
+        both = torch.cat((idx_settled, n_img + idx_settled))
+        scaled = spot.scaled_rotation(rot[:, :, idx_settled.to(rot.device)], a) \
+            if rot is not None and a != 1.0 else None
 
         def record(block, k, v):  # authors code: the cache keeps every token's latest keys/values
             ck, cv = cache[block]
@@ -357,12 +362,15 @@ class SpotState:
 
         def cached(block, dev, dt):
             k, v = cache[block]
-            ks, vs = k[:, :, idx_settled], v[:, :, idx_settled]
-            if k.shape[2] >= 2 * n_img:  # the first reference covers the same grid
-                ks = spot.fuse_key(ks, k[:, :, n_img + idx_settled], rot_settled, a)
-                vs = spot.fuse(vs, v[:, :, n_img + idx_settled], a)  # values carry no position
-            return (torch.cat((ks, k[:, :, n_img:]), dim=2).to(dt),
-                    torch.cat((vs, v[:, :, n_img:]), dim=2).to(dt))
+            if k.shape[2] >= 2 * n_img and a != 1.0:  # the first reference covers the same grid
+                gk, gv = k.index_select(2, both), v.index_select(2, both)
+                ks = spot.fuse_key_scaled(gk[:, :, :ns], gk[:, :, ns:], scaled, a) if scaled is not None \
+                    else spot.fuse(gk[:, :, :ns], gk[:, :, ns:], a)
+                vs = spot.fuse(gv[:, :, :ns], gv[:, :, ns:], a)  # values carry no position
+            else:
+                ks, vs = k.index_select(2, idx_settled), v.index_select(2, idx_settled)
+            # [settled | reference], appended to the computed tokens in one concatenation
+            return (ks, k[:, :, n_img:]), (vs, v[:, :, n_img:])
 
         self.controller.plan = TokenPlan(n_img=n_img, keep=idx_active, keep_ref=False, cached=cached,
                                          record_all=authors, record=record if authors else None)
