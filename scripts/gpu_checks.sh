@@ -13,5 +13,5 @@ PRECISE_EDIT_TEST_DEVICE=cuda "$PY" -m pytest -p no:cacheprovider \
     tests/test_kv_fidelity.py tests/test_kv_bad_input.py tests/test_surgery_nodes.py \
     tests/test_surgery_exemplar_latents.py tests/test_surgery_final_paste.py tests/test_instruct_guider.py \
     tests/test_instruct_nodes.py tests/test_mutation_guards_kv.py tests/test_mutation_guards_spot.py \
-    tests/test_mutation_guards_spot_selector.py tests/test_synthetic_models.py
+    tests/test_mutation_guards_spot_selector.py tests/test_synthetic_models.py tests/test_spot_launches.py
 "$PY" benchmarks/bench_kv_cuda.py "${@:2}"

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import comfy.model_management
 import comfy.sample
 import tiny_models as tm
 from precise_edit.nodes.spot_edit import patch as spot_patch
@@ -73,3 +74,43 @@ def test_a_selective_step_adds_few_operations_per_block(family, authors):
     limit = 13 if authors else 11
     assert per_block <= limit, (per_block, ops.most_common(12))
     assert per_block > 3  # the fusion runs per block (a count that cannot be ~0 unless nothing is fused)
+
+
+def _syncs(model, y, cond):
+    import warnings
+
+    noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", cond, cond, torch.zeros(y.shape),
+                                denoise=1.0, seed=0, disable_pbar=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(comfy.model_management.get_torch_device().type != "cuda",
+                    reason="needs ComfyUI's compute device on a CUDA GPU (PRECISE_EDIT_TEST_DEVICE=cuda)")
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_a_selective_step_waits_for_the_gpu_at_most_twice(family):
+    """The step's bookkeeping runs on the host: the sigma (one read) and the selection's scores
+    (one copy) are the only waits a selective step adds to ComfyUI's own."""
+    if family == "flux":
+        model, shape = tm.tiny_flux(0), (1, 16, 8, 12)
+    else:
+        model, shape = tm.tiny_qwen_image(0), (1, 16, 1, 8, 12)
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    cond = tm.stub_conditioning(family, "edit", reference_latents=[y])
+    mask = torch.zeros(1, 64, 96)
+    mask[0, :32, :48] = 1
+    sel = SpotSelector.execute("L4", -1.0, 0, "intersect", mask=mask).args[0]  # the judge runs every step
+    spot = SpotFusionSampler.execute(model, sel, 1, 0, "cos2").args[0]
+    _syncs(spot, y, cond)
+    plain = _syncs(model, y, cond)
+    patched = _syncs(spot, y, cond)
+    n_sel = sum(1 for _, full, _ in spot_patch.state_of(spot).fractions() if not full)
+    assert n_sel >= 3
+    # every step reads its sigma; a selective step also copies the scores; the run reads its sigmas once
+    assert patched - plain <= STEPS + n_sel + 1, (patched, plain, n_sel)

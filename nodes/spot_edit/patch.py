@@ -111,9 +111,11 @@ class Selector:
         user = self.user_tokens(latent_hw, patch)
         if user is not None and self.mode == "replace" and bool(user.any()):
             return user[0], self.tau
-        scores = self.token_scores(x0_user, y_user, patch, run)
+        # the scores (one value per token) come to the host once; the selection runs there, so a
+        # GPU run waits for the device once per selective step, not at every test of the selection
+        scores = self.token_scores(x0_user, y_user, patch, run).cpu()
         if user is not None:
-            user = user.to(scores.device).expand(scores.shape[0], -1, -1)
+            user = user.cpu().expand(scores.shape[0], -1, -1)
         act, tau = spot.select_active(scores, self.tau, self.dilation, user, self.mode)
         return act.any(dim=0), tau  # one token set for the whole batch
 
@@ -139,6 +141,7 @@ class Selector:
             scores = spot.scores_from_features(fa, run.ref_feats, tuple(latent_hw), patch)
         else:
             scores = self.token_scores(x0_user, y_user, patch, run)
+        scores = scores.cpu()  # one wait for the device; the decision runs on the host
         reuse = spot.authors_reuse(scores, self.tau, self.judge).all(dim=0)  # the authors: batch mean; B = 1
         if self.dilation > 0:
             if qwen_format is not None or run.family is not FLUX:
@@ -147,7 +150,7 @@ class Selector:
                 reuse = spot.dilate(reuse[None], self.dilation)[0]
         active = ~reuse
         if user is not None:
-            user = user.to(active.device)
+            user = user.cpu()
         if user is not None and self.mode == "union":
             active = active | user[0].bool()
         elif user is not None and self.mode == "intersect":
@@ -175,6 +178,7 @@ class _Run:
     vae_loaded: bool = False
     judge: str = ""
     full_steps: tuple | None = None              # authors code: (warm-up, resets) scaled to the run
+    sigmas: list | None = None                   # the run's sigmas as Python floats (read once)
 
 
 class SpotState:
@@ -296,10 +300,14 @@ class SpotState:
         if run is None or "sigmas" not in to:
             return executor(*args, **kwargs)
         x = args[0]
-        sigma = float(to["sigmas"].flatten()[0])
+        sigma = float(to["sigmas"].flatten()[0])  # the step's one wait for the device (a full step's only one)
         sample_sigmas = to.get("sample_sigmas")
-        step = int((sample_sigmas.to(to["sigmas"].device).float() - sigma).abs().argmin()) \
-            if sample_sigmas is not None else run.last_step + 1
+        if sample_sigmas is not None:
+            if run.sigmas is None:  # once per run, then the step index is found on the host
+                run.sigmas = [float(s) for s in sample_sigmas.float().flatten().tolist()]
+            step = min(range(len(run.sigmas)), key=lambda i: abs(run.sigmas[i] - sigma))
+        else:
+            step = run.last_step + 1
         run.last_step = step
         key = (tuple(to.get("cond_or_uncond", [0])), x.shape[0])
         cache = run.caches.get(key)
@@ -308,7 +316,7 @@ class SpotState:
         if full:
             run.frozen.pop(key, None)
         else:
-            active = self._select(run, key, x).to(x.device)
+            active = self._select(run, key, x).cpu()  # a host tensor (selected there): no wait
             if bool(active.all()):
                 full = True  # nothing settled: a plain step
         if full:
@@ -330,20 +338,20 @@ class SpotState:
             # authors code, every token judged reusable: each keeps its previous prediction (their
             # settled-token update), so there is nothing for the model to compute
             out = run.velocity[key].to(x.device).clone()
-            run.last_settled = torch.ones_like(active.cpu())
-            run.history.append((step, False, active.cpu()))
+            run.last_settled = torch.ones_like(active)
+            run.history.append((step, False, active))
         else:
             out = self._selective(run, key, cache, active, sigma, x, executor, args, kwargs)
-            run.history.append((step, False, active.cpu()))
+            run.history.append((step, False, active))
         run.x0[key] = (x.float() - sigma * out.float()).detach()
         if self.authors:
             run.velocity[key] = out.detach()
         return out
 
     def _selective(self, run, key, cache, active, sigma, x, executor, args, kwargs):
-        flat = active.flatten()
-        idx_active = flat.nonzero().flatten()
-        idx_settled = (~flat).nonzero().flatten()
+        flat = active.flatten()  # on the host: the indices cost no wait for the device
+        idx_active = flat.nonzero().flatten().to(x.device, non_blocking=True)
+        idx_settled = (~flat).nonzero().flatten().to(x.device, non_blocking=True)
         a = spot.authors_fusion_weight(sigma) if self.authors else spot.fusion_weight(sigma, self.schedule)
         n_img = run.n_img
         rot = run.ref_rot
@@ -384,7 +392,7 @@ class SpotState:
         else:  # the pack: a velocity whose clean estimate is exactly the reference
             v_settled = spot.settled_velocity(x.float(), run.y_model.to(x.device), sigma)
         out = keep_background(v_settled.to(out.dtype), out, settled)
-        run.last_settled = ~active.cpu()
+        run.last_settled = ~active
         return out
 
     def _to_user(self, x0_model: torch.Tensor) -> torch.Tensor:
