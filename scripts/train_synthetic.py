@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parent.parent
-# Threads each shipped file was trained with (the floating-point sums, so the weights, depend on it).
-THREADS = {"kontext": 2}
 
 
 def _import_pack():
@@ -33,8 +31,7 @@ def main() -> None:
     ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
                     help="VAE only: network recipe (default: the one the shipped file was trained with)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: the shipped recipe's, 2 for kontext, else 1; "
-                         "results depend on it)")
+                    help="torch threads (default 1, as the shipped files' commands ran; the weights depend on it)")
     ap.add_argument("--data", type=int, default=None,
                     help="flux, kontext: scenes / edit pairs in the training set (default: the shipped recipe's)")
     ap.add_argument("--checkpoint", type=Path, default=None,
@@ -44,7 +41,7 @@ def main() -> None:
     _import_pack()
     from precise_edit.synthetic.training import setup_comfy
 
-    setup_comfy(args.threads or THREADS.get(args.model, 1))
+    setup_comfy(args.threads or 1)
     kw = {"force": args.force}
     if args.steps:
         kw["steps"] = args.steps
