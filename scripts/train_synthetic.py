@@ -4,7 +4,7 @@
 
 Seeds are fixed; a shipped weight file is only overwritten with --force. Order: vae16 before flux
 and kontext (they are trained on its latents), flux before kontext (kontext starts from it), vae4
-before sd and ip2p.
+before sd and ip2p. --checkpoint FILE (flux, kontext) makes a long run resumable on a loaded machine.
 """
 from __future__ import annotations
 
@@ -30,14 +30,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
     ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
                     help="VAE only: network recipe (default: the one the shipped file was trained with)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default 1, as the shipped files' commands ran; the weights depend on it)")
+    ap.add_argument("--data", type=int, default=None,
+                    help="flux, kontext: scenes / edit pairs in the training set (default: the shipped recipe's)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="flux, kontext: resume from this file if it exists and write it every 250 steps "
+                         "(a stopped run goes on where it was, same final weights)")
     args = ap.parse_args()
     _import_pack()
     from precise_edit.synthetic.training import setup_comfy
 
-    setup_comfy()
+    setup_comfy(args.threads or 1)
     kw = {"force": args.force}
     if args.steps:
         kw["steps"] = args.steps
+    if args.data:
+        if args.model not in ("flux", "kontext"):
+            ap.error("--data is for the FLUX-side models (flux, kontext)")
+        kw["n_images" if args.model == "flux" else "n_pairs"] = args.data
+    if args.checkpoint:
+        if args.model not in ("flux", "kontext"):
+            ap.error("--checkpoint is for the FLUX-side models (flux, kontext)")
+        kw["checkpoint"] = args.checkpoint
     if args.recipe:
         if not args.model.startswith("vae"):
             ap.error("--recipe is for the VAEs (vae16, vae4)")

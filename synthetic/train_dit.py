@@ -11,7 +11,9 @@ objects (t2i) or of the edit (Kontext-style) more. Rectified flow as ComfyUI sam
 """
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,16 +134,38 @@ def training_options(dm) -> dict:
     return {"patches_replace": {"dit": rep}}
 
 
-def _loop(dm, data, steps, batch_size, lr, label, seed=0):
+def _loop(dm, data, steps, batch_size, lr, label, seed=0, checkpoint=None, every: int = 250):
     """data(gen, b) -> (x0, context, pooled, ref_or_None, weight): ``weight`` (b, 1, h, w) per latent
-    cell of the loss."""
+    cell of the loss.
+
+    ``checkpoint``: a file the loop resumes from when it exists and writes every ``every`` steps
+    (weights, optimiser, schedule, random generator, step), so a run stopped on a loaded machine
+    goes on where it was and ends with the weights an uninterrupted run gives (same thread count)."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in dm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     t0 = time.time()
     ema = None
-    for step in range(steps):
+    start = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(str(checkpoint), weights_only=False)
+        if (state["label"], state["steps"], state["lr"], state["batch_size"]) != (label, steps, lr, batch_size):
+            raise SystemExit(f"{checkpoint} is a checkpoint of another run ({state['label']}, {state['steps']} steps, "
+                             f"lr {state['lr']}, batch {state['batch_size']}); remove it or pass another --checkpoint")
+        dm.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        start, ema = state["step"], state["ema"]
+        print(f"{label}: resumed from {checkpoint} at step {start}", flush=True)
+    for step in range(start, steps):
+        if checkpoint is not None and step > start and step % every == 0:
+            tmp = Path(str(checkpoint) + ".tmp")
+            torch.save({"label": label, "steps": steps, "lr": lr, "batch_size": batch_size, "step": step, "ema": ema,
+                        "model": dm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "gen": gen.get_state()}, str(tmp))
+            os.replace(tmp, checkpoint)
         x0, ctx, pooled, ref, weight = data(gen, batch_size)
         b = x0.shape[0]
         drop = torch.rand(b, generator=gen) < 0.1
@@ -183,8 +207,9 @@ def _dataset_scenes(n: int, seed: int):
 
 
 def train_flux(steps: int = 2000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 2000,
-               force: bool = False) -> float:
-    check_writable("flux", force)
+               force: bool = False, name: str = "flux", checkpoint=None) -> float:
+    """``name``: the file to write; ``checkpoint``: see ``_loop``."""
+    check_writable(name, force)
     torch.manual_seed(0)
     t0 = time.time()
     sc, imgs, objects = _dataset_scenes(n_images, seed=1)
@@ -198,14 +223,16 @@ def train_flux(steps: int = 2000, batch_size: int = 16, lr: float = 2e-3, n_imag
         return lat[idx], ctx[idx], pooled[idx], None, weight[idx]
 
     model = build()
-    loss = _loop(model.diffusion_model, data, steps, batch_size, lr, "flux")
-    save("flux", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}",
-                                                              "image_size": SIZE, "object_weight": OBJECT_WEIGHT})
+    loss = _loop(model.diffusion_model, data, steps, batch_size, lr, name, checkpoint=checkpoint)
+    save(name, model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}",
+                                                              "image_size": SIZE, "object_weight": OBJECT_WEIGHT,
+                                                              "n_images": n_images, "threads": torch.get_num_threads(),
+                                                              "minutes": f"{(time.time() - t0) / 60:.1f}"})
     return loss
 
 
 def train_kontext(steps: int = 3000, batch_size: int = 16, lr: float = 1e-3, n_pairs: int = 1500,
-                  force: bool = False, init: str | None = "flux") -> float:
+                  force: bool = False, init: str | None = "flux", checkpoint=None) -> float:
     """``init``: start from that shipped model's weights (the text-to-image one, as FLUX.1 Kontext
     starts from FLUX.1: it already draws the objects the phrases name), or from scratch (None)."""
     check_writable("kontext", force)
@@ -224,7 +251,9 @@ def train_kontext(steps: int = 3000, batch_size: int = 16, lr: float = 1e-3, n_p
         return tgt[idx], ctx[idx], pooled[idx], src[idx], weight[idx]
 
     model = build(None if init is None else {k: v.float() for k, v in load_file(str(weight_path(init))).items()})
-    loss = _loop(model.diffusion_model, data, steps, batch_size, lr, "kontext")
+    loss = _loop(model.diffusion_model, data, steps, batch_size, lr, "kontext", checkpoint=checkpoint)
     save("kontext", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}", "init": init,
-                                                                 "image_size": SIZE, "object_weight": OBJECT_WEIGHT})
+                                                                 "image_size": SIZE, "object_weight": OBJECT_WEIGHT,
+                                                                 "n_pairs": n_pairs, "threads": torch.get_num_threads(),
+                                                                 "minutes": f"{(time.time() - t0) / 60:.1f}"})
     return loss

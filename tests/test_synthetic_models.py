@@ -77,6 +77,41 @@ def test_training_data_is_the_flux_side_size_with_object_weighted_cells():
     assert 0 < touched.mean() < 0.5
 
 
+def test_training_resumes_from_a_checkpoint_to_the_same_weights(tmp_path):
+    """A DiT training run stopped part-way and started again on its checkpoint ends with the weights
+    and loss of the run never stopped (weights, optimiser, schedule and random generator come back),
+    doing only the steps left; a checkpoint of another run is refused."""
+    x0 = torch.randn(4, 16, 4, 4, generator=torch.Generator().manual_seed(3))
+    ctx, pooled = text.encode_batch(["a red circle at the top", "a blue star at the center",
+                                     "a green square at the left", "a yellow triangle at the bottom"])
+    calls = []
+
+    def data(gen, b):
+        calls.append(1)
+        if len(calls) == STOP_AT:
+            raise KeyboardInterrupt
+        idx = torch.randint(0, 4, (b,), generator=gen)
+        return x0[idx], ctx[idx], pooled[idx], None, torch.ones(b, 1, 4, 4)
+
+    STOP_AT = 0
+    whole = train_dit.build().diffusion_model
+    loss = train_dit._loop(whole, data, 6, 2, 1e-2, "t")
+    ck = tmp_path / "run.ckpt"
+    calls.clear()
+    STOP_AT = 5                                   # step 4's batch: after the checkpoint of step 4
+    with pytest.raises(KeyboardInterrupt):
+        train_dit._loop(train_dit.build().diffusion_model, data, 6, 2, 1e-2, "t", checkpoint=ck, every=2)
+    calls.clear()
+    STOP_AT = 0
+    resumed = train_dit.build().diffusion_model
+    assert train_dit._loop(resumed, data, 6, 2, 1e-2, "t", checkpoint=ck, every=2) == loss
+    assert len(calls) == 2
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="another run"):
+        train_dit._loop(train_dit.build().diffusion_model, data, 8, 2, 1e-2, "t", checkpoint=ck)
+
+
 def test_missing_weights_message(tmp_path, monkeypatch):
     from precise_edit.synthetic import training
 
