@@ -149,7 +149,7 @@ def _loop(dm, data, steps, batch_size, lr, label, seed=0, checkpoint=None, every
     ema = None
     start = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(str(checkpoint), weights_only=False)
+        state = torch.load(str(checkpoint), weights_only=True)  # tensors and plain values only: never unpickle
         if (state["label"], state["steps"], state["lr"], state["batch_size"]) != (label, steps, lr, batch_size):
             raise SystemExit(f"{checkpoint} is a checkpoint of another run ({state['label']}, {state['steps']} steps, "
                              f"lr {state['lr']}, batch {state['batch_size']}); remove it or pass another --checkpoint")
