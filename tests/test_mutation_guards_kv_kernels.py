@@ -1,12 +1,12 @@
 """KV-Edit cache and record files: behaviour the mutation run found unguarded (issue 14).
 A record's contents decide the edit; a refused file must say what is wrong with it."""
-import json
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from record_files import rewrite_record
 from precise_edit.kernels.kv_attention import extend_bias, mask_guided_bias
 from precise_edit.kernels.kv_record import BackgroundRecord, RecordError, mask_digest, sigmas_digest
 from precise_edit.kernels.kv_store import KVStore
@@ -97,18 +97,7 @@ def test_record_loaded_with_another_storage_keeps_its_header(tmp_path):
 def _broken(tmp_path, change):
     path = str(tmp_path / "r.bgkv.safetensors")
     _record().save(path)
-    with safe_open(path, framework="pt") as f:
-        meta = dict(f.metadata())
-    tensors = load_file(path)
-    header = json.loads(meta["header"])
-    change(tensors, header)
-    meta["header"] = json.dumps(header)
-    # a version-1 file (no checksums), so the header/shape/type checks are reached, not the checksum
-    meta["version"] = "1"
-    meta.pop("checksums", None)
-    meta.pop("complete", None)
-    save_file(tensors, path, metadata=meta)
-    return path
+    return rewrite_record(path, change)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -1,7 +1,6 @@
 """KV-Edit background records: behaviour the mutation run of kernels/kv_record.py found
 unguarded (issue 14). What a record file holds decides the edit; a refused file must say
 exactly what is wrong; a record written while inverting must read back bit for bit."""
-import json
 import os
 import time
 
@@ -10,6 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from record_files import rewrite_record
 from precise_edit.kernels.kv_record import (BackgroundRecord, DiskRecordSink, RecordError, mask_digest,
                                             sigmas_digest)
 from precise_edit.kernels.kv_store import KVStore
@@ -58,22 +58,6 @@ def same_contents(a: BackgroundRecord, b: BackgroundRecord) -> None:
 def saved(rec, tmp_path, name="r.bgkv.safetensors"):
     path = str(tmp_path / name)
     rec.save(path)
-    return path
-
-
-def rewrite(path, change, version=None):
-    """Change a saved record's tensors/header; a version-1 file (no checksums) so that the
-    header, shape and type checks are reached rather than the checksum."""
-    with safe_open(path, framework="pt") as f:
-        meta = dict(f.metadata())
-    tensors = load_file(path)
-    header = json.loads(meta["header"])
-    change(tensors, header)
-    meta["header"] = json.dumps(header)
-    meta["version"] = "1"
-    meta.pop("checksums", None)
-    meta.pop("complete", None)
-    save_file(tensors, path, metadata=meta)
     return path
 
 
@@ -155,7 +139,7 @@ def test_unusual_records_read_back_as_saved(tmp_path, kind):
 
 def test_an_older_header_without_the_later_fields_loads_with_their_defaults(tmp_path):
     """Files from before source_dtype / all_tokens / mask_guided / info were written."""
-    path = rewrite(saved(make(), tmp_path), lambda t, h: [h.pop(k) for k in
+    path = rewrite_record(saved(make(), tmp_path), lambda t, h: [h.pop(k) for k in
                                                          ("source_dtype", "all_tokens", "mask_guided", "info")])
     back = BackgroundRecord.load(path)
     assert back.source_latent.dtype == torch.float32 and back.all_tokens is False
@@ -185,7 +169,7 @@ def _nan(t):
 
 @pytest.mark.parametrize("name", ["trajectory", "source_latent"])
 def test_a_record_with_non_finite_latents_is_refused(tmp_path, name):
-    path = rewrite(saved(make(), tmp_path), lambda t, h: t.__setitem__(name, _nan(t[name])))
+    path = rewrite_record(saved(make(), tmp_path), lambda t, h: t.__setitem__(name, _nan(t[name])))
     assert refusal(path) == f"the record's {name} holds NaN or infinite values; the file is damaged, invert again"
 
 
@@ -226,12 +210,12 @@ def test_a_record_whose_keys_do_not_fit_its_shape_is_not_saved(tmp_path):
     (lambda t, h: h.__setitem__("steps", [0, 5]), "recorded steps [0, 5] outside 0..1"),
 ])
 def test_a_broken_record_says_exactly_what_is_wrong(tmp_path, change, message):
-    assert refusal(rewrite(saved(make(), tmp_path), change)) == message
+    assert refusal(rewrite_record(saved(make(), tmp_path), change)) == message
 
 
 def test_a_record_without_background_tokens_but_with_keys_is_refused(tmp_path):
     empty = make(fg=((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)))
-    path = rewrite(saved(empty, tmp_path),
+    path = rewrite_record(saved(empty, tmp_path),
                    lambda t, h: t.update({"kv.k.0.double.0": torch.zeros(1, 2, 0, 8)}))
     assert refusal(path) == "a record without background tokens holds keys/values"
 
@@ -239,7 +223,7 @@ def test_a_record_without_background_tokens_but_with_keys_is_refused(tmp_path):
 def test_refusals_name_the_file_and_leave_it_closed(tmp_path):
     path = saved(make(), tmp_path, "named.bgkv.safetensors")
     fds = set(os.listdir("/proc/self/fd"))
-    rewrite(path, lambda t, h: h.pop("blocks"))
+    rewrite_record(path, lambda t, h: h.pop("blocks"))
     assert refusal(path) == "named.bgkv.safetensors is not a valid record: 'blocks'"
     with safe_open(path, framework="pt") as f:
         meta = dict(f.metadata())
@@ -298,7 +282,7 @@ def test_an_aborted_record_leaves_nothing(tmp_path):
 def test_a_record_without_background_that_lists_its_steps_loads(tmp_path):
     """A fully masked record whose header lists recorded steps (nothing to read for them)."""
     empty = make(fg=((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)))
-    path = rewrite(saved(empty, tmp_path), lambda t, h: h.__setitem__("steps", [0, 1]))
+    path = rewrite_record(saved(empty, tmp_path), lambda t, h: h.__setitem__("steps", [0, 1]))
     back = BackgroundRecord.load(path)
     assert back.background_tokens == 0 and list(back.store.keys()) == []
 
