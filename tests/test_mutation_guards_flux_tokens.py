@@ -69,6 +69,11 @@ def recorder():
     return seen, lambda b, k, v: seen.__setitem__(b, (k.clone(), v.clone()))
 
 
+def from_seen(seen, idx):
+    """A ``TokenPlan.cached`` that answers each block with the recorded keys/values at ``idx``."""
+    return lambda b, device, dtype: (seen[b][0][:, :, idx], seen[b][1][:, :, idx])
+
+
 def flux_ctl(dm):
     return TokenController(len(dm.single_blocks), "flux")
 
@@ -175,11 +180,7 @@ def test_partial_evaluation_with_reference_tokens_equals_the_full_one_on_kept_to
     assert torch.equal(flat[0, DROP], flat[0, DROP[:1]].expand(len(DROP), 64))
 
     # without the reference tokens, the cache must hold them too
-    def cached_ref(b, device, dtype):
-        k, v = seen[b]
-        rest = torch.cat((DROP, torch.arange(N, 2 * N)))
-        return k[:, :, rest], v[:, :, rest]
-
+    cached_ref = from_seen(seen, torch.cat((DROP, torch.arange(N, 2 * N))))
     ctl = flux_ctl(dm)
     part2 = flux(dm, ctl, TokenPlan(n_img=N, keep=KEEP, keep_ref=False, cached=cached_ref))
     assert (rows(part2, KEEP) - rows(full, KEEP)).abs().max() <= 1e-5
@@ -202,7 +203,7 @@ def test_partial_evaluation_computes_only_the_kept_tokens(dm):
     options = {"transformer_options": {"optimized_attention_override": spy}}
     full, seen = _full_record(dm)
     flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP, keep_ref=True,
-                                     cached=lambda b, d, t: (seen[b][0][:, :, DROP], seen[b][1][:, :, DROP])),
+                                     cached=from_seen(seen, DROP)),
          options=options)
     # the earlier override is chained and sees the kept tokens plus the appended cache
     assert qlens == [(5 + len(KEEP) + N, 5 + 2 * N)] * 4
@@ -215,10 +216,7 @@ def test_partial_evaluation_computes_only_the_kept_tokens(dm):
 def test_cached_keys_take_their_logit_bias(dm):
     full, seen = _full_record(dm)
 
-    def cached(b, device, dtype):
-        k, v = seen[b]
-        return k[:, :, DROP], v[:, :, DROP]
-
+    cached = from_seen(seen, DROP)
     alone = flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP))
     ignored = flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP, cached=cached, cached_bias=-1e4))
     assert (rows(ignored, KEEP) - rows(alone, KEEP)).abs().max() <= 2e-6
@@ -237,11 +235,10 @@ def test_cached_keys_take_their_logit_bias(dm):
 def test_an_empty_or_missing_cache_is_skipped_and_one_cached_token_counts(dm):
     full, seen = _full_record(dm)
     alone = flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP))
-    for cached in (lambda b, d, t: None, lambda b, d, t: (seen[b][0][:, :, :0], seen[b][1][:, :, :0])):
+    for cached in (lambda b, d, t: None, from_seen(seen, slice(0, 0))):
         out = flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP, cached=cached, cached_bias=5.0))
         assert torch.equal(out, alone)
-    one = flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP, cached=lambda b, d, t: (seen[b][0][:, :, 3:4],
-                                                                                        seen[b][1][:, :, 3:4])))
+    one = flux(dm, flux_ctl(dm), TokenPlan(n_img=N, keep=KEEP, cached=from_seen(seen, slice(3, 4))))
     assert (rows(one, KEEP) - rows(alone, KEEP)).abs().max() > 1e-4
 
 
@@ -376,11 +373,7 @@ def test_qwen_partial_evaluation_equals_the_full_one_on_kept_tokens(qdm):
     assert torch.equal(full, qwen(qdm))
     assert sorted(seen) == [("double", 0), ("double", 1)] and seen[("double", 0)][0].shape[2] == 2 * N
 
-    def cached(b, device, dtype):
-        k, v = seen[b]
-        rest = torch.cat((DROP, torch.arange(N, 2 * N)))
-        return k[:, :, rest], v[:, :, rest]
-
+    cached = from_seen(seen, torch.cat((DROP, torch.arange(N, 2 * N))))
     ctl = qwen_ctl(qdm)
     part = qwen(qdm, ctl, TokenPlan(n_img=N, keep=KEEP, keep_ref=False, cached=cached))
     assert part.shape == full.shape
@@ -389,7 +382,7 @@ def test_qwen_partial_evaluation_equals_the_full_one_on_kept_tokens(qdm):
     assert torch.equal(flat[0, DROP], flat[0, DROP[:1]].expand(len(DROP), 64))
     # keeping the reference: the cache holds the dropped image tokens only
     part2 = qwen(qdm, qwen_ctl(qdm), TokenPlan(n_img=N, keep=KEEP, keep_ref=True,
-                                               cached=lambda b, d, t: (seen[b][0][:, :, DROP], seen[b][1][:, :, DROP])))
+                                               cached=from_seen(seen, DROP)))
     assert (rows(part2, KEEP) - rows(full, KEEP)).abs().max() <= 1e-5
     # a later evaluation without a plan is the plain model again
     assert torch.equal(qwen(qdm, ctl, None), full)
@@ -400,7 +393,7 @@ def test_qwen_single_block_model_restores_rows_after_its_only_block():
     seen, rec = recorder()
     full = qwen(qdm1, TokenController(1, "qwen_image"), TokenPlan(n_img=N, record_all=True, record=rec))
     part = qwen(qdm1, TokenController(1, "qwen_image"), TokenPlan(
-        n_img=N, keep=KEEP, cached=lambda b, d, t: (seen[b][0][:, :, DROP], seen[b][1][:, :, DROP])))
+        n_img=N, keep=KEEP, cached=from_seen(seen, DROP)))
     assert (rows(part, KEEP) - rows(full, KEEP)).abs().max() <= 1e-5
 
 
