@@ -114,21 +114,28 @@ def test_writing_refuses_what_does_not_fit_the_layout(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_full_disk_while_writing_is_named_and_leaves_no_file(tmp_path, monkeypatch):
-    path = tmp_path / "f.bgkv.safetensors"
-    layout = Layout.build([], "bf16", SHAPE, keys(2))
-    w = RecordWriter(str(path), layout, META, depth=1)
+def _write_while_pwrite_fails(w, n, err, monkeypatch) -> Exception:
+    """Write ``n`` blocks and finish with every ``os.pwrite`` raising ``OSError(err)``; the error raised."""
+    def failing(*a):
+        raise OSError(err, os.strerror(err))
 
-    def full(*a):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(DiskRecordError) as e:
-        for s, b in keys(2):
+    monkeypatch.setattr(os, "pwrite", failing)
+    try:
+        for s, b in keys(n):
             w.put(s, b, *kv(0), "bf16")
         w.finish()
-    assert str(e.value) == f"the disk holding {path}.partial is full"
-    monkeypatch.undo()
+    except Exception as e:  # noqa: BLE001 -- the caller checks which error it is
+        return e
+    finally:
+        monkeypatch.undo()
+    raise AssertionError("the write did not fail")
+
+
+def test_a_full_disk_while_writing_is_named_and_leaves_no_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bgkv.safetensors"
+    w = RecordWriter(str(path), Layout.build([], "bf16", SHAPE, keys(2)), META, depth=1)
+    e = _write_while_pwrite_fails(w, 2, errno.ENOSPC, monkeypatch)
+    assert isinstance(e, DiskRecordError) and str(e) == f"the disk holding {path}.partial is full"
     w.abort()
     assert list(tmp_path.iterdir()) == []
 
@@ -551,19 +558,9 @@ def test_short_writes_are_continued(tmp_path, monkeypatch):
 
 
 def test_a_write_error_other_than_a_full_disk_keeps_its_own_message(tmp_path, monkeypatch):
-    layout = Layout.build([], "bf16", SHAPE, keys(1))
-    w = RecordWriter(str(tmp_path / "e.bgkv.safetensors"), layout, META)
-
-    def broken(*a):
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "pwrite", broken)
-    with pytest.raises(OSError) as e:
-        for s, b in keys(1):
-            w.put(s, b, *kv(0), "bf16")
-        w.finish()
-    assert not isinstance(e.value, DiskRecordError) and e.value.errno == errno.EIO
-    monkeypatch.undo()
+    w = RecordWriter(str(tmp_path / "e.bgkv.safetensors"), Layout.build([], "bf16", SHAPE, keys(1)), META)
+    e = _write_while_pwrite_fails(w, 1, errno.EIO, monkeypatch)
+    assert isinstance(e, OSError) and not isinstance(e, DiskRecordError) and e.errno == errno.EIO
     w.abort()
 
 
