@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import folder_paths
+from dino_weights import tiny_dino_state
 from precise_edit.kernels import metrics as km
 from precise_edit.nodes.common import NodeInputError
 from precise_edit.nodes.evaluation import measure, models
@@ -139,18 +140,7 @@ def test_lpips_matches_torchmetrics_with_the_same_backbone(model_dirs):
 # --- structure distance: our DINO ViT vs transformers' ViT with the same weights ---------------
 
 def _tiny_dino_checkpoint(dim=128, depth=2, patch=8, grid=28, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=0.05: scale * torch.randn(*s, generator=g)  # noqa: E731
-    sd = {"cls_token": r(1, 1, dim, scale=1.0), "pos_embed": r(1, 1 + grid * grid, dim, scale=0.5),
-          "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim)}
-    for i in range(depth):
-        p = f"blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim), p + "attn.qkv.weight": r(3 * dim, dim, scale=0.2),
-                   p + "attn.qkv.bias": r(3 * dim), p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
-                   p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim), p + "mlp.fc1.weight": r(4 * dim, dim),
-                   p + "mlp.fc1.bias": r(4 * dim), p + "mlp.fc2.weight": r(dim, 4 * dim), p + "mlp.fc2.bias": r(dim)})
-    sd.update({"norm.weight": torch.ones(dim), "norm.bias": torch.zeros(dim)})
-    return sd
+    return tiny_dino_state(dim, depth, patch, grid, seed, scale=0.05, qkv_scale=0.2)
 
 
 def _hf_keys(sd, pixels, dim=128, depth=2, patch=8):

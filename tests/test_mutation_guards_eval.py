@@ -194,20 +194,12 @@ def test_features_of_batches():
 
 # ---------------------------------------------------------------------------------- dino_vit
 
+from dino_weights import tiny_dino_state  # noqa: E402
 from precise_edit.kernels.dino_vit import DinoViT  # noqa: E402
 
 
 def _ckpt(dim=128, depth=3, patch=4, grid=4, seed=0, prefix=""):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=0.1: scale * torch.randn(*s, generator=g)  # noqa: E731
-    sd = {"cls_token": r(1, 1, dim, scale=1.0), "pos_embed": r(1, 1 + grid * grid, dim, scale=0.5),
-          "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim)}
-    for i in range(depth):
-        p = f"blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim), p + "attn.qkv.weight": r(3 * dim, dim),
-                   p + "attn.qkv.bias": r(3 * dim), p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
-                   p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim), p + "mlp.fc1.weight": r(4 * dim, dim),
-                   p + "mlp.fc1.bias": r(4 * dim), p + "mlp.fc2.weight": r(dim, 4 * dim), p + "mlp.fc2.bias": r(dim)})
+    sd = tiny_dino_state(dim, depth, patch, grid, seed, scale=0.1, final_norm=False)
     return {prefix + k: v.double() for k, v in sd.items()}
 
 
