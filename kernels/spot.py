@@ -159,12 +159,13 @@ def fuse_key(cached_k: torch.Tensor, ref_k: torch.Tensor, ref_to_img: torch.Tens
     """SpotFusion of keys recorded after RoPE: blend the settled token's cached key (already at
     the image position) with the reference token's key moved to the image position (rotated
     by ``ref_to_img``). Equal to blending the un-rotated keys and rotating the blend at the
-    image position, as the authors do."""
+    image position, as the authors do. A selective step calls :func:`fuse_key_scaled` with the
+    rotation scaled once per step; this is the same computation for one call."""
     if a == 1.0:
         return cached_k
-    if ref_to_img is not None:
-        ref_k = rotate(ref_k, ref_to_img)
-    return a * cached_k + (1 - a) * ref_k
+    if ref_to_img is None:
+        return fuse(cached_k, ref_k, a)
+    return fuse_key_scaled(cached_k, ref_k, scaled_rotation(ref_to_img, a), a)
 
 
 def scaled_rotation(ref_to_img: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
