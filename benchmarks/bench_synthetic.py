@@ -73,8 +73,8 @@ def kv(args, flux, vae):
 
 
 def spot(args, kontext, vae):
-    print("\n## SpotEdit on the Kontext-style model (perceptual judge, no mask; + ComfyUI's EasyCache, "
-          f"reuse threshold {args.easycache})\n")
+    print(f"\n## SpotEdit on the Kontext-style model (perceptual judge, tau {args.tau}, no mask; + ComfyUI's "
+          f"EasyCache, reuse threshold {args.easycache})\n")
     print("| variant | steps | n | plain success | success | tokens computed | settled precision | settled recall "
           "| model calls / steps | speed-up vs plain (median of per-pair ratios, interleaved) |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
@@ -173,7 +173,7 @@ def main():
     ap.add_argument("--skip", type=int, default=2)
     ap.add_argument("--pie-bench", type=Path, default=None)
     ap.add_argument("--n-spot", type=int, default=10)
-    ap.add_argument("--tau", type=float, default=0.2)
+    ap.add_argument("--tau", type=float, default=ev.SPOT_TAU)
     ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
     ap.add_argument("--pixels-denoise", type=float, default=0.7)
     ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "ip2p", "spatial"], default=None)

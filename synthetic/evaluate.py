@@ -129,7 +129,16 @@ def easycache(model, reuse_threshold: float = 0.2, start: float = 0.15, end: flo
     return EasyCacheNode.execute(model, reuse_threshold, start, end, False).args[0]
 
 
-def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, tau: float = 0.2,
+# SpotEdit's tau for the synthetic VAE. The authors' 0.2 is set for the FLUX VAE's decoder features; on
+# vae16 the perceptual scores of tokens that a successful edit changes are 0.01-0.05 at the first
+# selective step (unchanged tokens: median ~0.015), so 0.2 settles the edit region with the rest
+# (precision 0.90, edits done 0-7 % where the plain model does 20-23 %). Calibrated on held-out pairs
+# (scenes.edits(2003, 30), 28 steps): 0.05 -> precision 0.961, same verdicts as plain on 100 %; 0.03 ->
+# 0.984, 100 %; kept 0.03, which also held on the benchmark's pairs (1003) at 20 and 28 steps (README).
+SPOT_TAU = 0.03
+
+
+def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, tau: float = SPOT_TAU,
               warmup: int = 4, reset: int = 9, patched: bool = True, easycache_threshold: float | None = None) -> dict:
     """The Kontext-style edit with SpotEdit (perceptual judge on the model's VAE, no user mask) or
     without (``patched=False``): image, settled token grid of the last selective step, fraction
