@@ -13,7 +13,7 @@ from . import judge, scenes
 from .models import conditioning
 
 SIZE = scenes.FLUX_SIZE        # the text-to-image FLUX model's images (vae16)
-KONTEXT_SIZE = scenes.FLUX_SIZE  # the Kontext-style model, retrained at 128 pixels on vae16
+KONTEXT_SIZE = scenes.FLUX_SIZE  # the Kontext-style model, retrained at 192 pixels on vae16
 
 
 def render(scene: scenes.Scene, size: int = SIZE) -> np.ndarray:
@@ -94,11 +94,12 @@ def plain_rates(flux_model, kontext_model, vae, n: int = 20, seed: int = 1000, s
 
 
 def kv_edit(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, skip: int = 4,
-            source_guidance: float = 1.5, target_guidance: float = 3.5) -> dict:
+            source_guidance: float = 1.5, target_guidance: float = 3.5, attn_scale: float = 1.0) -> dict:
     """KV-Edit through the pack's own nodes: invert the source with its caption, regenerate the
     masked region with the target caption. Returns the decoded image, the image with the source
     pixels pasted outside the mask (KVEditPixelPaste), and whether the latent background is
-    bit-exact the source latent."""
+    bit-exact the source latent. ``attn_scale``: KVEditSampler's logit bias on background keys (its
+    default 1.0; on these small object masks it pulls the region towards the background: README)."""
     from precise_edit.nodes.kv_edit.nodes import KVEditPixelPaste, KVEditSampler, KVInvert
 
     src = render(pair.source)
@@ -107,7 +108,7 @@ def kv_edit(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, skip:
     rec, _ = KVInvert.execute(model, {"samples": lat}, changed, conditioning(pair.source.caption(), source_guidance),
                               steps, mask_guided=False, storage="fp32", cache_device="cpu").args[:2]
     out = KVEditSampler.execute(model, rec, conditioning(pair.target.caption(), target_guidance), seed=seed,
-                                skip_steps=skip, reinit=False, attn_scale=1.0, mode="paper").args[0]["samples"]
+                                skip_steps=skip, reinit=False, attn_scale=attn_scale, mode="paper").args[0]["samples"]
     keep = ~rec.latent_mask[:, None].expand_as(out)
     image = to_image(vae, out)[0]
     pasted = KVEditPixelPaste.execute(torch.from_numpy(src)[None].float() / 255, torch.from_numpy(image)[None].float() / 255,

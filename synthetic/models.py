@@ -17,13 +17,13 @@ def load_state(name: str) -> dict[str, torch.Tensor]:
     return load_file(str(weight_path(name)))
 
 
-# Each model's VAE: the FLUX-family models (text-to-image and Kontext-style) at 128 pixels on
+# Each model's VAE: the FLUX-family models (text-to-image and Kontext-style) at 192 pixels on
 # ``vae16``, the SD-type UNets at 96 pixels on ``vae4``.
 VAE_OF = {"flux": "vae16", "kontext": "vae16", "sd": "vae4", "ip2p": "vae4"}
 
 
 def vae(name: str = "vae16"):
-    """The synthetic TAESD-layout VAE (``vae16``: 16 channels, FLUX family, 128-pixel images;
+    """The synthetic TAESD-layout VAE (``vae16``: 16 channels, FLUX family, 192-pixel images;
     ``vae4``: 4 channels, SD-type UNets) as ComfyUI loads
     a VAE file."""
     import comfy.sd

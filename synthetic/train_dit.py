@@ -5,7 +5,7 @@
 editor: the source latent is a reference latent (ComfyUI's ``reference_latents``, tokens at
 index 1 over the same positions), the instruction the text, the target the image. It starts
 from the text-to-image model's weights (train ``flux`` first), as FLUX.1 Kontext starts from
-FLUX.1. Images are ``scenes.FLUX_SIZE`` (128) pixels; the loss weighs the latent cells of the
+FLUX.1. Images are ``scenes.FLUX_SIZE`` (192) pixels; the loss weighs the latent cells of the
 objects (t2i) or of the edit (Kontext-style) more. Rectified flow as ComfyUI samples FLUX (x_t = (1 - t) x0 + t noise, the model predicts noise - x0), logit-normal t, 10 % empty text
 (so classifier-free guidance works), guidance input drawn from 1..5 (the model learns to ignore it).
 """
@@ -25,7 +25,7 @@ from .training import check_writable, optimise, save, weight_path
 LATENT_SCALE, LATENT_SHIFT = 0.3611, 0.1159   # ComfyUI's FLUX latent format
 
 
-def config(hidden: int = 64, heads: int = 2, depth: int = 2, single: int = 2) -> dict:
+def config(hidden: int = 96, heads: int = 3, depth: int = 2, single: int = 2) -> dict:
     import comfy.ldm.flux.model as flux_model
 
     head = hidden // heads
@@ -206,7 +206,7 @@ def _dataset_scenes(n: int, seed: int):
     return sc, imgs, objects
 
 
-def train_flux(steps: int = 2000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 2000,
+def train_flux(steps: int = 6000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 4000,
                force: bool = False, name: str = "flux", checkpoint=None) -> float:
     """``name``: the file to write; ``checkpoint``: see ``_loop``."""
     check_writable(name, force)

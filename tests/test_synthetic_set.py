@@ -67,10 +67,10 @@ def test_pie_bench_files(tmp_path):
         assert np.array_equal(piebench.rle_decode(e["mask"], tuple(e["image_size"])), pair.mask())
 
 
-@pytest.mark.parametrize("size", [scenes.SIZE, scenes.FLUX_SIZE])
+@pytest.mark.parametrize("size", [scenes.SIZE, scenes.VAE16_SIZE, scenes.FLUX_SIZE])
 def test_judge_on_ground_truth(size):
     """The judge accepts every true target and rejects every unedited source, at both sides' sizes
-    (SD1.5-class models: 96 pixels, FLUX-class: 128)."""
+    (SD1.5-class models: 96 pixels, FLUX-class: 192; vae16 trained at 128)."""
     for pair in scenes.edits(21, 150):
         src, tgt = scenes.render(pair.source, size)[0], scenes.render(pair.target, size)[0]
         assert judge.scene_ok(src, pair.source) and judge.scene_ok(tgt, pair.target)
