@@ -134,17 +134,17 @@ def pixels(args, flux, vae):
 def unets(args, vae4, sd, ip2p):
     from precise_edit.synthetic import evaluate_unet as eu
 
-    print("\n## SD1.5-class UNets (4-channel VAE; euler/simple, cfg 3 on the text)\n")
+    print(f"\n## SD1.5-class UNets (4-channel VAE, {eu.SIZE}-pixel images; euler/simple, cfg 3 on the text)\n")
     print("| model | what | n | success |\n|---|---|---|---|")
     sc = scenes.scenes(1000, args.n)
-    rec = ev.to_image(vae4, ev.to_latent(vae4, np.stack([scenes.render(s)[0] for s in sc])))
+    rec = ev.to_image(vae4, ev.to_latent(vae4, np.stack([scenes.render(s, eu.SIZE)[0] for s in sc])))
     robjs = [(r, o) for r, s in zip(rec, sc) for o in s.objects]
     print(f"| VAE4 round trip | objects right | {len(robjs)} | {rate([judge.object_ok(r, o) for r, o in robjs])} |")
     print(f"| VAE4 round trip | object colour right in its cell | {len(robjs)} | "
           f"{rate([judge.find(r, o.cell).colour == o.colour for r, o in robjs])} |")
     if ip2p is not None:
         pairs = scenes.edits(1001, args.n)
-        res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source)[0], p.instruction, i,
+        res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source, eu.SIZE)[0], p.instruction, i,
                                                    args.steps), p)) for i, p in enumerate(pairs)]
         for k in scenes.EDIT_KINDS:
             print(f"| IP2P-style | edit: {k} | {sum(kk == k for kk, _ in res)} | {rate([ok for kk, ok in res if kk == k])} |")

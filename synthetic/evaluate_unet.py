@@ -18,8 +18,11 @@ from .evaluate import sample, to_image, to_latent
 from .models import conditioning
 
 
+SIZE = scenes.UNET_SIZE     # the images the UNets and vae4 were trained on
+
+
 def empty_latent(n: int = 1) -> torch.Tensor:
-    return torch.zeros(n, 4, scenes.SIZE // 8, scenes.SIZE // 8)
+    return torch.zeros(n, 4, SIZE // 8, SIZE // 8)
 
 
 def generate_sd(model, vae, caption: str, seed: int, steps: int = 20, cfg: float = 3.0) -> np.ndarray:
@@ -48,7 +51,7 @@ def spatial_region(instruction: str, object_mask: np.ndarray | None = None, feat
     from precise_edit.nodes.instruct.nodes import spatial_instruction
 
     obj = None if object_mask is None else torch.from_numpy(object_mask).float()[None]
-    region, stripped, *_ = spatial_instruction(instruction, "en", scenes.SIZE, scenes.SIZE, feather, object_mask=obj)
+    region, stripped, *_ = spatial_instruction(instruction, "en", SIZE, SIZE, feather, object_mask=obj)
     if obj is not None:
         region = torch.maximum(region, obj)
     return region, stripped
@@ -65,11 +68,11 @@ def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 
     in the cell, the other objects kept); ``refused`` = Spatial Instruction refused the instruction
     with a message (counted as not placed). ``images``: a dict that receives each variant's image
     and the region."""
-    src = scenes.render(pair.source)[0]
+    src = scenes.render(pair.source, SIZE)[0]
     obj = None
     if pair.kind == "move":
-        cx, cy = pair.subject.centre()
-        obj = scenes.shape_mask(pair.subject.shape, cx, cy, pair.subject.half)
+        cx, cy = pair.subject.centre(SIZE)
+        obj = scenes.shape_mask(pair.subject.shape, cx, cy, pair.subject.half * SIZE / scenes.SIZE, SIZE)
     from precise_edit.nodes.common import NodeInputError
 
     try:
@@ -106,7 +109,7 @@ def spatial_rates(model, vae, n: int = 20, seed: int = 1200, steps: int = 20, cf
 def ip2p_rates(model, vae, n: int = 20, seed: int = 1001, steps: int = 20, cfg: float = 3.0) -> dict:
     """The plain editing model's own success per edit kind (held-out seed)."""
     pairs = scenes.edits(seed, n)
-    res = [(p.kind, judge.edit_ok(edit_ip2p(model, vae, scenes.render(p.source)[0], p.instruction, i, steps, cfg), p))
+    res = [(p.kind, judge.edit_ok(edit_ip2p(model, vae, scenes.render(p.source, SIZE)[0], p.instruction, i, steps, cfg), p))
            for i, p in enumerate(pairs)]
     out = {k: float(np.mean([ok for kind, ok in res if kind == k])) for k in scenes.EDIT_KINDS
            if any(kind == k for kind, _ in res)}

@@ -23,6 +23,7 @@ from .training import check_writable, optimise, save, weight_path
 
 SD_SCALE = 0.18215
 CHANNELS = 32
+SIZE = scenes.UNET_SIZE     # the SD1.5-class side's renders (vae4's training images)
 
 
 def config(in_channels: int = 4, channels: int = CHANNELS) -> dict:
@@ -72,6 +73,11 @@ def _vae4():
     return from_taesd(load_file(str(weight_path("vae4"))))
 
 
+def render_images(scene_list) -> np.ndarray:
+    """The training images: ``scenes`` rendered at ``SIZE``, (N, SIZE, SIZE, 3) uint8."""
+    return np.stack([scenes.render(s, SIZE)[0] for s in scene_list])
+
+
 def raw_latents(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
     """What ComfyUI's ``VAE.encode`` gives for uint8 images (computed on the narrow network)."""
     enc, _, vae_scale, vae_shift = vae
@@ -116,7 +122,7 @@ def train_sd(steps: int = 500, batch_size: int = 16, lr: float = 2e-3, n_images:
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     sc = [scenes.random_scene(rng) for _ in range(n_images)]
-    lat = raw_latents(_vae4(), np.stack([scenes.render(s)[0] for s in sc])) * SD_SCALE
+    lat = raw_latents(_vae4(), render_images(sc)) * SD_SCALE
     ctx, _ = text.encode_batch([s.caption() for s in sc])
 
     def data(gen, b):
@@ -125,21 +131,21 @@ def train_sd(steps: int = 500, batch_size: int = 16, lr: float = 2e-3, n_images:
 
     model = build()
     loss = _loop(model, data, steps, batch_size, lr, "sd")
-    save("sd", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}"})
+    save("sd", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}", "image_size": SIZE})
     return loss
 
 
 _PLACE = re.compile(r"\s+at the .*$")
 
 
-def train_ip2p(steps: int = 700, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
+def train_ip2p(steps: int = 2100, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
                force: bool = False) -> float:
     check_writable("ip2p", force)
     torch.manual_seed(0)
     pairs = scenes.edits(2, n_pairs)
     vae = _vae4()
-    src = raw_latents(vae, np.stack([scenes.render(p.source)[0] for p in pairs]))
-    tgt = raw_latents(vae, np.stack([scenes.render(p.target)[0] for p in pairs])) * SD_SCALE
+    src = raw_latents(vae, render_images([p.source for p in pairs]))
+    tgt = raw_latents(vae, render_images([p.target for p in pairs])) * SD_SCALE
     ctx, _ = text.encode_batch([p.instruction for p in pairs])
     placeless = torch.stack([text.encode(_PLACE.sub("", p.instruction))[0] for p in pairs])
     is_add = torch.tensor([p.kind == "add" for p in pairs])
@@ -154,5 +160,6 @@ def train_ip2p(steps: int = 700, batch_size: int = 16, lr: float = 2e-3, n_pairs
 
     model = build(ip2p=True)
     loss = _loop(model, data, steps, batch_size, lr, "ip2p")
-    save("ip2p", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}"})
+    save("ip2p", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}",
+                                                               "image_size": SIZE})
     return loss
