@@ -85,10 +85,22 @@ def encode_images(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _rope(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """FLUX's rotary embedding written out (the formula of ComfyUI's ``apply_rope1``), so autograd
+    goes through it: ComfyUI 0.8.0 applies RoPE with a comfy-kitchen operator that has no backward."""
+    x_ = x.to(dtype=pe.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    return torch.addcmul(pe[..., 0] * x_[..., 0], pe[..., 1], x_[..., 1]).reshape(*x.shape).type_as(x)
+
+
+def _attention(q, k, v, pe):
+    from comfy.ldm.flux.math import attention
+
+    return attention(_rope(q, pe), _rope(k, pe), v, pe=None)
+
+
 def _double(block, args):
     """ComfyUI's DoubleStreamBlock forward with out-of-place residual adds (its own ``+=``
     cannot be differentiated); the same modules, so the weights load in ComfyUI unchanged."""
-    from comfy.ldm.flux.math import attention
     from comfy.ldm.flux.layers import apply_mod
 
     img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
@@ -102,7 +114,7 @@ def _double(block, args):
 
     iq, ik, iv = qkv(img, block.img_norm1, block.img_attn, im1)
     tq, tk, tv = qkv(txt, block.txt_norm1, block.txt_attn, tm1)
-    a = attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), pe=pe)
+    a = _attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), pe)
     ta, ia = a[:, :txt.shape[1]], a[:, txt.shape[1]:]
     img = img + apply_mod(block.img_attn.proj(ia), im1.gate, None)
     img = img + apply_mod(block.img_mlp(apply_mod(block.img_norm2(img), 1 + im2.scale, im2.shift)), im2.gate, None)
@@ -113,7 +125,6 @@ def _double(block, args):
 
 def _single(block, args):
     """ComfyUI's SingleStreamBlock forward, out of place (see ``_double``)."""
-    from comfy.ldm.flux.math import attention
     from comfy.ldm.flux.layers import apply_mod
 
     x, vec, pe = args["img"], args["vec"], args["pe"]
@@ -122,7 +133,7 @@ def _single(block, args):
                            [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = block.norm(q, k, v)
-    out = block.linear2(torch.cat((attention(q, k, v, pe=pe), block.mlp_act(mlp)), 2))
+    out = block.linear2(torch.cat((_attention(q, k, v, pe), block.mlp_act(mlp)), 2))
     return {"img": x + apply_mod(out, mod.gate, None)}
 
 
