@@ -71,8 +71,7 @@ def spatial_verdicts(model, vae, pair: scenes.EditPair, seed: int, steps: int = 
     src = scenes.render(pair.source, SIZE)[0]
     obj = None
     if pair.kind == "move":
-        cx, cy = pair.subject.centre(SIZE)
-        obj = scenes.shape_mask(pair.subject.shape, cx, cy, pair.subject.half * SIZE / scenes.SIZE, SIZE)
+        obj = pair.subject.mask(SIZE)
     from precise_edit.nodes.common import NodeInputError
 
     try:

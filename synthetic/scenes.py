@@ -55,6 +55,11 @@ class Obj:
         step = size / 3
         return ((self.cell % 3 + 0.5) * step + self.dx, (self.cell // 3 + 0.5) * step + self.dy)
 
+    def mask(self, size: int = SIZE) -> np.ndarray:
+        """Exact boolean mask of the object in a ``size`` x ``size`` image (its extent scaled from SIZE)."""
+        cx, cy = self.centre(size)
+        return shape_mask(self.shape, cx, cy, self.half * size / SIZE, size)
+
     def phrase(self) -> str:
         return f"{article(self.colour)} {self.colour} {self.shape} at the {self.position}"
 
@@ -116,8 +121,7 @@ def render(scene: Scene, size: int = SIZE) -> tuple[np.ndarray, list[np.ndarray]
     img = background(scene.bg_colour, scene.bg_kind, scene.bg_seed, size)
     masks = []
     for o in scene.objects:
-        cx, cy = o.centre(size)
-        m = shape_mask(o.shape, cx, cy, o.half * size / SIZE, size)
+        m = o.mask(size)
         img[m] = COLOURS[o.colour]
         masks.append(m)
     return img.round().astype(np.uint8), masks
@@ -151,8 +155,7 @@ class EditPair:
         m = np.zeros((size, size), dtype=bool)
         for o in (self.subject, self.result):
             if o is not None:
-                cx, cy = o.centre(size)
-                m |= shape_mask(o.shape, cx, cy, o.half * size / SIZE, size)
+                m |= o.mask(size)
         return m
 
 
