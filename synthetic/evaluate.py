@@ -134,8 +134,9 @@ def easycache(model, reuse_threshold: float = 0.2, start: float = 0.15, end: flo
 # vae16 the perceptual scores of tokens that a successful edit changes are 0.01-0.05 at the first
 # selective step (unchanged tokens: median ~0.015), so 0.2 settles the edit region with the rest
 # (precision 0.90, edits done 0-7 % where the plain model does 20-23 %). Calibrated on held-out pairs
-# (scenes.edits(2003, 30), 28 steps): 0.05 -> precision 0.961, same verdicts as plain on 100 %; 0.03 ->
-# 0.984, 100 %; kept 0.03, which also held on the benchmark's pairs (1003) at 20 and 28 steps (README).
+# (scenes.edits(2003, 30), 28 steps) with the 128-px model: 0.05 -> precision 0.961, same verdicts as plain
+# on 100 %; 0.03 -> 0.984, 100 %; kept 0.03. The 192-px model at 0.03: precision 0.967 and the same 100 %
+# there; on the benchmark's pairs (scenes.edits(1003, 30)) 0.963 but 2 of its 8 edits lost (README).
 SPOT_TAU = 0.03
 
 

@@ -18,7 +18,7 @@ def load_state(name: str) -> dict[str, torch.Tensor]:
 
 
 # Each model's VAE: the FLUX-family models (text-to-image and Kontext-style) at 192 pixels on
-# ``vae16``, the SD-type UNets at 96 pixels on ``vae4``.
+# ``vae16``, the SD-type UNets at 128 pixels on ``vae4``.
 VAE_OF = {"flux": "vae16", "kontext": "vae16", "sd": "vae4", "ip2p": "vae4"}
 
 
