@@ -37,10 +37,10 @@ def rate(v):
 
 
 def plain(args, flux, kontext, vae, kvae):
-    print("\n## Plain models (judge verdicts)\n")
+    print(f"\n## Plain models (judge verdicts; cfg {args.cfg:g}, empty negative)\n")
     print("| model | what | n | success |\n|---|---|---|---|")
     sc = scenes.scenes(1000, args.n)
-    imgs = [ev.generate(flux, vae, s.caption(), seed=i, steps=args.steps) for i, s in enumerate(sc)]
+    imgs = [ev.generate(flux, vae, s.caption(), seed=i, steps=args.steps, cfg=args.cfg) for i, s in enumerate(sc)]
     obj = [judge.object_ok(img, o) for img, s in zip(imgs, sc) for o in s.objects]
     print(f"| FLUX t2i | objects right (colour, shape, cell) | {len(obj)} | {rate(obj)} |")
     print(f"| FLUX t2i | whole scene right | {len(sc)} | {rate([judge.scene_ok(i, s) for i, s in zip(imgs, sc)])} |")
@@ -48,53 +48,62 @@ def plain(args, flux, kontext, vae, kvae):
     vobj = [judge.object_ok(img, o) for img, s in zip(rec, sc) for o in s.objects]
     print(f"| VAE round trip | objects right (ceiling of every model) | {len(vobj)} | {rate(vobj)} |")
     pairs = scenes.edits(1001, args.n)
-    res = [(p.kind, judge.edit_ok(ev.edit_kontext(kontext, kvae, p, seed=i, steps=args.steps), p))
-           for i, p in enumerate(pairs)]
+    edited = [ev.edit_kontext(kontext, kvae, p, seed=i, steps=args.steps, cfg=args.cfg) for i, p in enumerate(pairs)]
+    res = [(p.kind, judge.edit_ok(img, p)) for img, p in zip(edited, pairs)]
     for k in scenes.EDIT_KINDS:
         v = [ok for kind, ok in res if kind == k]
         print(f"| Kontext-style | edit: {k} | {len(v)} | {rate(v)} |")
     print(f"| Kontext-style | edit: all | {len(res)} | {rate([ok for _, ok in res])} |")
+    whole = [judge.scene_ok(img, p.target) for img, p in zip(edited, pairs)]
+    print(f"| Kontext-style | whole target scene right (edit done, nothing else changed or added) | {len(res)} | "
+          f"{rate(whole)} |")
 
 
 def kv(args, flux, vae):
-    print("\n## KV-Edit vs regenerating with the target caption (colour and shape changes)\n")
+    print(f"\n## KV-Edit vs regenerating with the target caption (colour and shape changes; cfg {args.cfg:g})\n")
     pairs = scenes.edits(1002, args.n, kinds=("colour", "shape"))
-    regen = [ev.regenerate(flux, vae, p, seed=i, steps=args.steps) for i, p in enumerate(pairs)]
+    regen = [ev.regenerate(flux, vae, p, seed=i, steps=args.steps, cfg=args.cfg) for i, p in enumerate(pairs)]
     regen_ok = [judge.edit_ok(img, p) for img, p in zip(regen, pairs)]
+    regen_whole = [judge.scene_ok(img, p.target) for img, p in zip(regen, pairs)]
     regen_placed = [judge.find(img, p.result.cell).colour == p.result.colour for img, p in zip(regen, pairs)]
-    print("| method | n | edit success | object of the target colour in the cell | background |\n|---|---|---|---|---|")
+    print("| method | n | edit success | whole target scene right | object of the target colour in the cell | "
+          "background |\n|---|---|---|---|---|---|")
     for scale in (1.0, 0.0):  # KVEditSampler's default, and off
-        kv_ok, placed, exact, psnr = [], [], [], []
+        kv_ok, whole, placed, exact, psnr = [], [], [], [], []
         for i, p in enumerate(pairs):
-            out = ev.kv_edit(flux, vae, p, seed=i, steps=args.steps, skip=args.skip, attn_scale=scale)
+            out = ev.kv_edit(flux, vae, p, seed=i, steps=args.steps, skip=args.skip, attn_scale=scale, cfg=args.cfg)
             kv_ok.append(judge.edit_ok(out["image"], p))
+            whole.append(judge.scene_ok(out["image"], p.target))
             placed.append(judge.find(out["image"], p.result.cell).colour == p.result.colour)
             exact.append(out["latent_exact"] and judge.equal_outside(out["pasted"], ev.render(p.source), ev.mask(p)))
             psnr.append(judge.psnr_outside(out["image"], ev.render(p.source), ev.mask(p)))
-        print(f"| KV-Edit (skip {args.skip}, attn_scale {scale:g}) | {len(pairs)} | {rate(kv_ok)} | {rate(placed)} | "
+        print(f"| KV-Edit (skip {args.skip}, attn_scale {scale:g}) | {len(pairs)} | {rate(kv_ok)} | {rate(whole)} | {rate(placed)} | "
               f"latent and pasted pixels bit-exact: {rate(exact)}; decoded PSNR outside mask {np.median(psnr):.1f} dB |",
               flush=True)
-    print(f"| regenerate (target caption) | {len(pairs)} | {rate(regen_ok)} | {rate(regen_placed)} | new image |")
+    print(f"| regenerate (target caption) | {len(pairs)} | {rate(regen_ok)} | {rate(regen_whole)} | {rate(regen_placed)} | new image |")
 
 
 def spot(args, kontext, vae):
-    print(f"\n## SpotEdit on the Kontext-style model (perceptual judge, tau {args.tau}, no mask; + ComfyUI's "
+    print(f"\n## SpotEdit on the Kontext-style model (perceptual judge, tau {args.tau}, no mask, cfg {args.cfg:g}; + ComfyUI's "
           f"EasyCache, reuse threshold {args.easycache})\n")
-    print("| variant | steps | n | plain success | success | tokens computed | settled precision | settled recall "
+    print("| variant | steps | n | plain: edit done | edit done | plain: whole target scene right | whole target scene "
+          "right | tokens computed | settled precision | settled recall "
           "| model calls / steps | speed-up vs plain (median of per-pair ratios, interleaved) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     pairs = scenes.edits(1003, args.n_spot)
     variants = (("SpotEdit", {}), ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
                 ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}))
     for steps in (28, 50):
-        plain_ok = []
-        ok, comp, prec, rec, ratio, calls = ({v: [] for v, _ in variants} for _ in range(6))
+        plain_ok, plain_whole = [], []
+        ok, whole, comp, prec, rec, ratio, calls = ({v: [] for v, _ in variants} for _ in range(7))
         for i, p in enumerate(pairs):
-            a = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, patched=False)
+            a = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, patched=False, cfg=args.cfg)
             plain_ok.append(judge.edit_ok(a["image"], p))
+            plain_whole.append(judge.scene_ok(a["image"], p.target))
             for name, kw in variants:
-                b = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, tau=args.tau, **kw)
+                b = ev.spot_edit(kontext, vae, p, seed=i, steps=steps, tau=args.tau, cfg=args.cfg, **kw)
                 ok[name].append(judge.edit_ok(b["image"], p))
+                whole[name].append(judge.scene_ok(b["image"], p.target))
                 comp[name].append(b["computed"])
                 calls[name].append(b["model_calls"] / steps)
                 ratio[name].append(a["seconds"] / b["seconds"])
@@ -106,6 +115,7 @@ def spot(args, kontext, vae):
             pr = f"{np.mean(prec[name]):.3f}" if prec[name] else "-"
             rc = f"{np.mean(rec[name]):.3f}" if rec[name] else "-"
             print(f"| {name} | {steps} | {len(pairs)} | {rate(plain_ok)} | {rate(ok[name])} | "
+                  f"{rate(plain_whole)} | {rate(whole[name])} | "
                   f"{100 * np.mean(comp[name]):.0f} % | {pr} | {rc} | {np.mean(calls[name]):.2f} | "
                   f"{np.median(ratio[name]):.2f}x |", flush=True)
 
@@ -120,7 +130,8 @@ def pixels(args, flux, vae):
         for ex in (True, False):
             ok, placed, exact, psnr = [], [], [], []
             for i, p in enumerate(pairs):
-                r = ev.pixels_edit(flux, vae, p, seed=i, steps=args.steps, denoise=args.pixels_denoise, exemplar=ex)
+                r = ev.pixels_edit(flux, vae, p, seed=i, steps=args.steps, denoise=args.pixels_denoise, exemplar=ex,
+                                   cfg=args.cfg)
                 ok.append(judge.edit_ok(r["image"], p) and judge.others_kept(r["image"], p))
                 placed.append(judge.find(r["image"], p.result.cell).colour == p.result.colour)
                 exact.append(r["latent_exact"])
@@ -179,6 +190,7 @@ def main():
     ap.add_argument("--pie-bench", type=Path, default=None)
     ap.add_argument("--n-spot", type=int, default=10)
     ap.add_argument("--tau", type=float, default=ev.SPOT_TAU)
+    ap.add_argument("--cfg", type=float, default=ev.CFG, help="classifier-free guidance of the FLUX-side models")
     ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
     ap.add_argument("--pixels-denoise", type=float, default=0.7)
     ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "ip2p", "spatial"], default=None)

@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 
 from harness.comfy_server import ComfyServer  # noqa: E402
 from precise_edit.bench import cli  # noqa: E402
-from precise_edit.synthetic import piebench, run_judge, scenes  # noqa: E402
+from precise_edit.synthetic import evaluate as ev, piebench, run_judge, scenes  # noqa: E402
 
 
 def spot_workflow(steps: int, tau: float) -> dict:
@@ -64,7 +64,7 @@ def main():
         rates = run_judge.judge_run(tmp / "run", mapping)
         secs = pd.read_csv(tmp / "run" / "results.csv").groupby("method")["seconds"].median()
     print(f"\nmachine: {platform.machine()}, shared and noisy; runner rc {rc}; n={args.n}, {args.steps} steps, "
-          f"euler/simple, cfg 1\n")
+          f"euler/simple, cfg {ev.CFG:g}\n")
     kinds = list(scenes.EDIT_KINDS) + ["all"]
     print("| method | " + " | ".join(kinds) + " | median s/case |\n|---" * 1 + "|---" * (len(kinds) + 1) + "|")
     for method, r in rates.items():

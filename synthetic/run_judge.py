@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import judge
+from .evaluate import CFG   # the FLUX-side models are sampled with classifier-free guidance
 from .piebench import pair_from_entry
 from .scenes import FLUX_SIZE as SIZE   # the Kontext-style model's image size (evaluate.KONTEXT_SIZE)
 
@@ -45,10 +46,11 @@ def judge_run(out: str | Path, mapping_file: str | Path) -> dict[str, dict[str, 
     return rates
 
 
-def kontext_workflow(steps: int = 12, guidance: float = 2.5, size: int = SIZE) -> dict:
+def kontext_workflow(steps: int = 12, guidance: float = 2.5, size: int = SIZE, cfg: float = CFG) -> dict:
     """The plain Kontext-style edit as an API-format workflow of ComfyUI's own nodes plus the tests
     pack's synthetic model: the runner binds the source image (LoadImage), the instruction (the
-    node titled "Instruction"), the seed and the output (SaveImage)."""
+    node titled "Instruction"), the seed and the output (SaveImage). Classifier-free guidance ``cfg``
+    against the empty instruction with the same reference (as ``evaluate.edit_kontext``)."""
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "Source"}},
         "2": {"class_type": "PETestSyntheticModel", "inputs": {"model": "kontext"}},
@@ -58,10 +60,11 @@ def kontext_workflow(steps: int = 12, guidance: float = 2.5, size: int = SIZE) -
         "6": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": guidance}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 1]}},
         "8": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["7", 0], "latent": ["4", 0]}},
+        "13": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["8", 0], "guidance": guidance}},
         "9": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "10": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": steps, "cfg": 1.0,
+        "10": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": steps, "cfg": cfg,
                                                     "sampler_name": "euler", "scheduler": "simple", "positive": ["6", 0],
-                                                    "negative": ["8", 0], "latent_image": ["9", 0], "denoise": 1.0},
+                                                    "negative": ["13", 0], "latent_image": ["9", 0], "denoise": 1.0},
                "_meta": {"title": "Sampler"}},
         "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["2", 2]}},
         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "synthetic"}},
