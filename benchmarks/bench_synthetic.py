@@ -107,10 +107,10 @@ def spot(args, kontext, vae):
                 comp[name].append(b["computed"])
                 calls[name].append(b["model_calls"] / steps)
                 ratio[name].append(a["seconds"] / b["seconds"])
-                if b["settled"] is not None and b["settled"].any():
-                    pr, rc = judge.settled_precision_recall(b["settled"], ev.mask(p, ev.KONTEXT_SIZE))
-                    prec[name].append(pr)
-                    rec[name].append(rc)
+                scores = ev.settled_scores(b, p)
+                if scores is not None:
+                    prec[name].append(scores[0])
+                    rec[name].append(scores[1])
         for name, _ in variants:
             pr = f"{np.mean(prec[name]):.3f}" if prec[name] else "-"
             rc = f"{np.mean(rec[name]):.3f}" if rec[name] else "-"

@@ -203,6 +203,15 @@ def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, t
     return res
 
 
+def settled_scores(result: dict, pair: scenes.EditPair) -> tuple[float, float] | None:
+    """Precision and recall of the tokens a :func:`spot_edit` result settled, against the pair's
+    truly unchanged tokens; None when it settled nothing."""
+    settled = result["settled"]
+    if settled is None or not settled.any():
+        return None
+    return judge.settled_precision_recall(settled, mask(pair, KONTEXT_SIZE))
+
+
 def _cell_crop(img: np.ndarray, cell: int) -> np.ndarray:
     x0, y0, x1, y1 = judge.cell_box(cell, img.shape[0])
     return img[y0:y1, x0:x1]

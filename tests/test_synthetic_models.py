@@ -220,8 +220,9 @@ def test_easycache_on_top_of_spot_edit(kontext, kvae):
         b = ev.spot_edit(kontext, kvae, p, seed=i, steps=28, easycache_threshold=0.2)
         spot_calls.append(a["model_calls"])
         both_calls.append(b["model_calls"])
-        if b["settled"] is not None and b["settled"].any():
-            prec.append(judge.settled_precision_recall(b["settled"], ev.mask(p, ev.KONTEXT_SIZE))[0])
+        scores = ev.settled_scores(b, p)
+        if scores is not None:
+            prec.append(scores[0])
     assert all(c == 28 for c in spot_calls), spot_calls
     assert np.mean(both_calls) <= 0.9 * 28, both_calls
     assert len(prec) >= N_EDIT // 2 and np.mean(prec) >= SPOT_PRECISION, prec
@@ -238,9 +239,8 @@ def test_spot_edit_settles_only_unchanged_tokens_and_keeps_the_edits(kontext, kv
         a = ev.spot_edit(kontext, kvae, p, seed=i, steps=SPOT_STEPS, patched=False)
         b = ev.spot_edit(kontext, kvae, p, seed=i, steps=SPOT_STEPS)
         same.append(judge.edit_ok(a["image"], p) == judge.edit_ok(b["image"], p))
-        settled = b["settled"] if b["settled"] is not None else np.zeros((1, 1), bool)
-        pr, rc = judge.settled_precision_recall(settled, ev.mask(p, ev.KONTEXT_SIZE))
-        prec.append(pr if settled.any() else 0.0)
+        pr, rc = ev.settled_scores(b, p) or (0.0, 0.0)   # nothing settled: none found
+        prec.append(pr)
         rec.append(rc)
     assert np.mean(prec) >= SPOT_PRECISION, prec
     assert np.mean(rec) >= SPOT_RECALL, rec
