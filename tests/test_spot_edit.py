@@ -343,6 +343,42 @@ def test_settled_tokens_clean_estimate_is_the_reference_on_every_selective_step(
     assert (seen[1][settled] - y_model[settled]).abs().max() > 1e-2  # a full step computes them freely
 
 
+@pytest.mark.parametrize("mode", ["paper", "authors code"])
+def test_judge_reads_the_conditional_estimate_under_guidance(setup, monkeypatch, mode):
+    """With cfg > 1 ComfyUI batches the negative first (cond_or_uncond [1, 0]); the judge must
+    score the instruction's clean estimate, not the negative prompt's (which keeps the source
+    where the edit has not formed yet, so judging it settles the edit)."""
+    from precise_edit.nodes.spot_edit import patch
+
+    sel = SpotSelector.execute("L4", 0.2, 0, "union").args[0]
+    model = SpotFusionSampler.execute(setup.model, sel, 2, 0, "cos2", mode).args[0]
+    state = patch.state_of(model)
+    # a negative prompt of the instruction's length, so that ComfyUI batches the two
+    neg = tm.stub_conditioning(setup.fam, "make the sky tan", reference_latents=[setup.y])
+    judged, parts = [], []
+    real = patch.spot.scores_l4
+
+    def scores_l4(x0, y, p):
+        run = state.run
+        key = next(iter(run.x0))
+        x0_all = run.x0[key]
+        chunk = x0_all.shape[0] // len(key[0])
+        part = {c: x0_all[i * chunk:(i + 1) * chunk] for i, c in enumerate(key[0])}
+        parts.append((key[0], part))
+        judged.append(x0.clone())
+        return real(x0, y, p)
+
+    monkeypatch.setattr(patch.spot, "scores_l4", scores_l4)
+    sample(types.SimpleNamespace(**{**vars(setup), "neg": neg}), model, steps=5, cfg=3.0)
+    assert judged, "no selective step judged anything"
+    for x0, (order, part) in zip(judged, parts):
+        assert order == (1, 0)  # ComfyUI's batch: negative first
+        cond = part[0] if mode == "authors code" else model.model.process_latent_out(part[0])
+        uncond = part[1] if mode == "authors code" else model.model.process_latent_out(part[1])
+        assert torch.equal(x0.reshape(cond.shape), cond)
+        assert not torch.equal(x0.reshape(uncond.shape), uncond)
+
+
 def test_authors_code_mode_settled_tokens_keep_the_previous_velocity(setup):
     """Authors code: settled tokens get the previous step's prediction; full steps follow their list."""
     from precise_edit.kernels import spot

@@ -275,8 +275,22 @@ class SpotState:
         run.ref_rot = spot.rotation_between(rot_img[:1].float(), rot_ref[:1].float()).to(device)
         return run.ref_rot
 
+    @staticmethod
+    def _judged_x0(run: _Run, key) -> torch.Tensor:
+        """The clean estimate the judge compares with the source: the conditional (instruction)
+        part of this call's batch, as the authors' pipelines judge their one, conditional,
+        prediction. ComfyUI batches the negative first (``cond_or_uncond`` [1, 0]); its estimate
+        keeps the source where the edit has not formed, so judging it settles the edit. (The
+        guided estimate is no better a judge: at cfg 6 it moves every token of the synthetic
+        model far from the source, and nothing settles.)"""
+        x0 = run.x0[key]
+        parts = key[0]
+        chunk = x0.shape[0] // max(1, len(parts))
+        i = parts.index(0) if 0 in parts else 0   # 0: ComfyUI's COND
+        return x0[i * chunk:i * chunk + 1]
+
     def _select(self, run: _Run, key, x) -> torch.Tensor:
-        x0_prev = run.x0.get(key)[:1]
+        x0_prev = self._judged_x0(run, key)
         x0_user = self._to_user(x0_prev)
         sel = self.selector
         if not self.authors:
