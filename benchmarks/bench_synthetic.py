@@ -198,7 +198,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), shared and noisy; "
-          f"n={args.n}, {args.steps} steps, euler/simple, cfg 1")
+          f"n={args.n}, {args.steps} steps, euler/simple, cfg {args.cfg:g} (FLUX side), 3 (UNets)")
     t0 = time.time()
     if args.only in (None, "plain", "kv", "spot", "pixels"):
         vae, flux, kontext = models.vae(models.VAE_OF["flux"]), models.flux("flux"), models.flux("kontext")
