@@ -163,9 +163,9 @@ SPOT_TAU = 0.03
 
 def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, tau: float = SPOT_TAU,
               warmup: int = 4, reset: int = 9, patched: bool = True, easycache_threshold: float | None = None,
-              dilation: int = 0, cfg: float = CFG) -> dict:
-    """The Kontext-style edit with SpotEdit (perceptual judge on the model's VAE, no user mask) or
-    without (``patched=False``): image, settled token grid of the last selective step, fraction
+              dilation: int = 0, cfg: float = CFG, mode: str = "paper") -> dict:
+    """The Kontext-style edit with SpotEdit (perceptual judge on the model's VAE, no user mask;
+    ``mode``: SpotFusionSampler's "paper" or "authors code") or without (``patched=False``): image, settled token grid of the last selective step, fraction
     of image tokens computed, the diffusion model's forward calls, and sampling seconds. ``easycache_threshold``: ComfyUI's EasyCache
     on top (after SpotEdit's patch), with that reuse threshold."""
     import time
@@ -179,7 +179,7 @@ def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, t
     model = kontext
     if patched:
         sel = SpotSelector.execute("perceptual", tau, dilation, "union", vae=vae).args[0]
-        model = SpotFusionSampler.execute(kontext, sel, warmup, reset, "cos2").args[0]
+        model = SpotFusionSampler.execute(kontext, sel, warmup, reset, "cos2", mode).args[0]
     spot_model = model
     if easycache_threshold is not None:
         model = easycache(model, easycache_threshold)

@@ -228,16 +228,19 @@ def test_easycache_on_top_of_spot_edit(kontext, kvae):
     assert len(prec) >= N_EDIT // 2 and np.mean(prec) >= SPOT_PRECISION, prec
 
 
-def test_spot_edit_settles_only_unchanged_tokens_and_keeps_the_edits(kontext, kvae):
+@pytest.mark.parametrize("mode", ["paper", "authors code"])
+def test_spot_edit_settles_only_unchanged_tokens_and_keeps_the_edits(kontext, kvae, mode):
     """SpotEdit's perceptual judge at the synthetic VAE's tau (ev.SPOT_TAU): the tokens it settles
     (pastes from the source) are truly unchanged ones (precision against the pair's exact mask),
-    it settles a real share of them, and every edit reads as the unpatched model's. At the
-    authors' 0.2 it settles the edit region too (precision ~0.90) and loses the edits."""
+    it settles a real share of them, and every edit reads as the unpatched model's, in both modes
+    (settled tokens landing on the source, or keeping their previous velocity as the authors'
+    code does). At the authors' 0.2 it settles the edit region too (precision ~0.90) and loses
+    the edits."""
     pairs = scenes.edits(1003, N_EDIT)
     prec, rec, same = [], [], []
     for i, p in enumerate(pairs):
         a = ev.spot_edit(kontext, kvae, p, seed=i, steps=SPOT_STEPS, patched=False)
-        b = ev.spot_edit(kontext, kvae, p, seed=i, steps=SPOT_STEPS)
+        b = ev.spot_edit(kontext, kvae, p, seed=i, steps=SPOT_STEPS, mode=mode)
         same.append(judge.edit_ok(a["image"], p) == judge.edit_ok(b["image"], p))
         pr, rc = ev.settled_scores(b, p) or (0.0, 0.0)   # nothing settled: none found
         prec.append(pr)
