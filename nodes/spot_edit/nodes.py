@@ -111,7 +111,8 @@ class SpotFusionSampler(io.ComfyNode):
                                        "authors code: reproduces the authors' released pipelines (their full "
                                        "steps 0-3, 13, 22, 31 of 50 scaled to the step count, their practically "
                                        "static cache, settled tokens keep the previous step's velocity; "
-                                       "warmup_steps, reset_every and fusion are not used)."),
+                                       "warmup_steps, reset_every and fusion are not used). Try it when an "
+                                       "edit comes out weaker than without SpotEdit (README)."),
             ],
             outputs=[io.Model.Output("patched", tooltip="The patched model for KSampler / SamplerCustomAdvanced.")],
         )
