@@ -92,7 +92,8 @@ def spot(args, kontext, vae):
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
     pairs = scenes.edits(1003, args.n_spot)
     variants = (("SpotEdit", {}), ("SpotEdit, authors code", {"mode": "authors code"}), ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
-                ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}))
+                ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}),
+                ("SpotEdit, authors code + EasyCache", {"mode": "authors code", "easycache_threshold": args.easycache}))
     for steps in (28, 50):
         plain_ok, plain_whole = [], []
         ok, whole, comp, prec, rec, ratio, calls = ({v: [] for v, _ in variants} for _ in range(7))
