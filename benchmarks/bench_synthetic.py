@@ -91,7 +91,8 @@ def spot(args, kontext, vae):
           "| model calls / steps | speed-up vs plain (median of per-pair ratios, interleaved) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
     pairs = scenes.edits(1003, args.n_spot)
-    variants = (("SpotEdit", {}), ("SpotEdit, authors code", {"mode": "authors code"}), ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
+    variants = (("SpotEdit", {}), ("SpotEdit, authors code", {"mode": "authors code"}),
+                ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
                 ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}),
                 ("SpotEdit, authors code + EasyCache", {"mode": "authors code", "easycache_threshold": args.easycache}))
     for steps in (28, 50):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import scenes, text
+from .train_dit import OBJECT_WEIGHT, cell_weight   # the latent cells of objects count x5 in the loss
 from .training import check_writable, optimise, save, weight_path
 
 SD_SCALE = 0.18215
@@ -89,9 +90,8 @@ def raw_latents(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _loop(model, data, steps, batch_size, lr, label, seed=0, snapshot=None):
-    """data(gen, b) -> (x0 model-space, context, concat_or_None, loss weight (b, 1, h, w) or None).
-    ``snapshot(step, state_dict)``: called every 1000 steps (for measuring a run as it goes)."""
+def _loop(model, data, steps, batch_size, lr, label, seed=0):
+    """data(gen, b) -> (x0 model-space, context, concat_or_None, loss weight (b, 1, h, w) or None)."""
     dm = model.diffusion_model
     abar = 1.0 / (1.0 + model.model_sampling.sigmas.float() ** 2)
     gen = torch.Generator().manual_seed(seed)
@@ -115,26 +115,11 @@ def _loop(model, data, steps, batch_size, lr, label, seed=0, snapshot=None):
         err = (out - eps).pow(2)
         loss = (err if weight is None else weight * err).mean()
         ema = optimise(loss, opt, sched, params, ema, step, steps, label, t0)
-        if snapshot is not None and (step + 1) % 1000 == 0:
-            snapshot(step + 1, dm.state_dict())
     return ema
 
 
-# Objects cover a tenth of the pixels, yet they are all the captions and the judge are about: the
-# loss counts latent cells an object (t2i) or the edit (InstructPix2Pix-style) touches
-# OBJECT_WEIGHT + 1 times, as the FLUX-side trainers do (train_dit.OBJECT_WEIGHT).
-OBJECT_WEIGHT = 4.0
-
-
-def cell_weight(masks: np.ndarray) -> torch.Tensor:
-    """(n, H, W) boolean pixel masks -> (n, 1, H/8, W/8) loss weights: 1, or 1 + OBJECT_WEIGHT on a
-    latent cell any masked pixel falls in."""
-    m = torch.from_numpy(np.asarray(masks)).float()[:, None]
-    return 1.0 + OBJECT_WEIGHT * torch.nn.functional.max_pool2d(m, 8)
-
-
 def train_sd(steps: int = 5000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 4000,
-             force: bool = False, snapshot=None) -> float:
+             force: bool = False) -> float:
     check_writable("sd", force)
     torch.manual_seed(0)
     t0 = time.time()
@@ -151,7 +136,7 @@ def train_sd(steps: int = 5000, batch_size: int = 16, lr: float = 2e-3, n_images
         return lat[idx], ctx[idx], None, weight[idx]
 
     model = build()
-    loss = _loop(model, data, steps, batch_size, lr, "sd", snapshot=snapshot)
+    loss = _loop(model, data, steps, batch_size, lr, "sd")
     save("sd", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}", "image_size": SIZE,
                                                             "object_weight": OBJECT_WEIGHT, "n_images": n_images,
                                                             "threads": torch.get_num_threads(),
@@ -163,7 +148,7 @@ _PLACE = re.compile(r"\s+at the .*$")
 
 
 def train_ip2p(steps: int = 2100, batch_size: int = 16, lr: float = 2e-3, n_pairs: int = 1000,
-               force: bool = False, snapshot=None) -> float:
+               force: bool = False) -> float:
     check_writable("ip2p", force)
     torch.manual_seed(0)
     t0 = time.time()
@@ -184,7 +169,7 @@ def train_ip2p(steps: int = 2100, batch_size: int = 16, lr: float = 2e-3, n_pair
         return tgt[idx], c, src[idx] * keep, None
 
     model = build(ip2p=True)
-    loss = _loop(model, data, steps, batch_size, lr, "ip2p", snapshot=snapshot)
+    loss = _loop(model, data, steps, batch_size, lr, "ip2p")
     save("ip2p", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}",
                                                                "image_size": SIZE, "n_pairs": n_pairs,
                                                                "threads": torch.get_num_threads(),
