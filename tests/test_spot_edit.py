@@ -512,3 +512,37 @@ def test_judge_scores_where_the_model_runs(judge):
     y = torch.randn(1, 16, 8, 12)
     scores = Selector(judge=judge).token_scores(x0, y, 2)
     assert scores.device.type == "meta" and tuple(scores.shape[-2:]) == (4, 6)
+
+
+@pytest.mark.parametrize("mode", ["paper", "authors code"])
+def test_every_image_of_a_latent_batch_is_judged(setup, monkeypatch, mode):
+    """A latent batch of two (EmptyLatentImage batch_size 2) shares one token set: a token one
+    image still changes must stay computed for both. The first selective step of the batch
+    settles exactly the tokens both images settle alone (the judge once read the first only)."""
+    from precise_edit.nodes.spot_edit import patch
+
+    real = patch.spot.scores_l4
+    first = []
+    monkeypatch.setattr(patch.spot, "scores_l4", lambda x0, y, p: first.append(real(x0, y, p)) or first[-1])
+    noises = [torch.randn(setup.shape, generator=torch.Generator().manual_seed(s)) for s in (4, 5)]
+
+    def run(noise, tau):
+        sel = SpotSelector.execute("L4", tau, 0, "union").args[0]
+        model = SpotFusionSampler.execute(setup.model, sel, 2, 0, "static", mode).args[0]
+        first.clear()
+        with torch.no_grad():
+            comfy.sample.sample(model, noise, 4, 1.0, "euler", "simple", setup.cond, setup.neg,
+                                torch.zeros(noise.shape), denoise=1.0, seed=0, disable_pbar=True)
+        history = patch.state_of(model).last.history
+        return first[0], next(a for s, full, a in history if not full)  # the first selective step
+
+    scores = torch.cat([run(n, 1e9)[0] for n in noises]).flatten().sort().values
+    gaps = scores[1:] - scores[:-1]
+    i = len(gaps) // 4 + int(gaps[len(gaps) // 4:3 * len(gaps) // 4].argmax())
+    tau = float(scores[i] + scores[i + 1]) / 2  # near the median, far from every score
+    _, act_a = run(noises[0], tau)
+    _, act_b = run(noises[1], tau)
+    assert bool((act_b & ~act_a).any()) and bool((act_a & ~act_b).any())  # the images disagree somewhere
+    s_ab, act_ab = run(torch.cat(noises), tau)
+    assert s_ab.shape[0] == 2  # both images judged
+    assert torch.equal(act_ab, act_a | act_b)

@@ -282,12 +282,14 @@ class SpotState:
         prediction. ComfyUI batches the negative first (``cond_or_uncond`` [1, 0]); its estimate
         keeps the source where the edit has not formed, so judging it settles the edit. (The
         guided estimate is no better a judge: at cfg 6 it moves every token of the synthetic
-        model far from the source, and nothing settles.)"""
+        model far from the source, and nothing settles.) Every image of a latent batch is
+        judged: the selection is one token set for the whole batch, so a token stays computed
+        while any image still changes it."""
         x0 = run.x0[key]
         parts = key[0]
         chunk = x0.shape[0] // max(1, len(parts))
         i = parts.index(0) if 0 in parts else 0   # 0: ComfyUI's COND
-        return x0[i * chunk:i * chunk + 1]
+        return x0[i * chunk:(i + 1) * chunk]
 
     def _select(self, run: _Run, key, x) -> torch.Tensor:
         x0_prev = self._judged_x0(run, key)
