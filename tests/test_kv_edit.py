@@ -380,3 +380,23 @@ def test_cancel_stops_inversion_cleanly(flux):
         mm.interrupt_current_processing(False)
     rec, _, _ = invert(flux, source_latent(), pixel_mask("irregular"), steps=3)  # next run is unaffected
     assert len(rec.store.entries) == 3 * len(rec.blocks)
+
+
+@pytest.mark.parametrize("sigmas_of", ["split", "another schedule"])
+def test_custom_sampler_refuses_sigmas_it_would_ignore(flux, sigmas_of):
+    """The edit follows the record's schedule from skip_steps and starts from the record's
+    trajectory: SplitSigmas' half or another scheduler's sigmas used to give the full edit silently."""
+    from comfy_extras.nodes_custom_sampler import (BasicGuider, BasicScheduler, DisableNoise,
+                                                   SamplerCustomAdvanced, SplitSigmas)
+
+    latent = source_latent()
+    rec, _, _ = invert(flux, latent, pixel_mask("irregular"))
+    sampler, sigmas = KVEditCustomSampler.execute(rec, 2, False, 1.0, "paper").args
+    if sigmas_of == "split":
+        sigmas = SplitSigmas.execute(sigmas, 2).args[0]
+    else:
+        sigmas = BasicScheduler.execute(flux, "simple", 20, 0.3).args[0]
+    guider = BasicGuider.execute(flux, tgt_cond()).args[0]
+    with pytest.raises(NodeInputError, match=r"^KVEditCustomSampler: connect this node's own sigmas output"):
+        SamplerCustomAdvanced.execute(DisableNoise.execute().args[0], guider, sampler, sigmas,
+                                      {"samples": latent["samples"].clone()})

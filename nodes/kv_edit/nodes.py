@@ -241,6 +241,17 @@ class KVEditCustomSampler(io.ComfyNode):
             ck.finite_tensor(node, "the latent", latent_image, "encode the image again")
             if reinit:
                 ck.finite_tensor(node, "the noise", noise, "use another NOISE input")
+            own = rec.sigmas[skip_steps:]
+            given = sigmas.detach().float().cpu().flatten()
+            if given.shape != own.shape or not torch.allclose(given, own.float(), rtol=1e-5, atol=1e-6):
+                # the edit follows the record's schedule from skip_steps and starts from the record's
+                # trajectory: a split or another schedule would be ignored silently
+                got = (f"{given.numel()} sigmas, {float(given[0]):.4g} to {float(given[-1]):.4g}" if given.numel()
+                       else "no sigmas")
+                raise NodeInputError(f"{node}: connect this node's own sigmas output to SamplerCustomAdvanced "
+                                     f"(the edit follows the record's schedule from step {skip_steps}: "
+                                     f"{own.numel()} sigmas, {float(own[0]):.4g} to {float(own[-1]):.4g}; got "
+                                     f"{got}); SplitSigmas, another scheduler or denoise cannot apply to a KV-Edit")
             try:
                 return loop(model_wrap, sigmas, extra_args, callback, noise, latent_image)
             except DiskRecordError as e:
