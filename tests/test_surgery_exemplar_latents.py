@@ -141,3 +141,29 @@ def test_nan_from_the_vae_message():
                 vae=NanVAE(4, False))
     assert str(e.value) == ("ExemplarLatentSurgery: exemplar_1 encoded with the VAE holds 24 NaN or infinite "
                             "value(s); check the VAE and the exemplar image")
+
+
+@pytest.mark.parametrize("name,shape", [("sd15", (2, 4, LH, LW)), ("qwen_image", (2, 16, 1, LH, LW))])
+def test_a_batch_with_one_region_per_image_places_each_exemplar_in_its_own_region(name, shape):
+    """Two images, two regions apart, one exemplar: each image starts as it would alone (the
+    exemplar used to be stretched over the box around both regions, a fragment in each)."""
+    S = _source(shape)
+    ex = {"samples": torch.arange(1.0, 17.0).reshape(1, 1, 4, 4).expand(1, shape[1], 4, 4).clone()}
+    reg = torch.zeros(2, IH, IW)
+    reg[0, 8:40, 0:32] = 1.0    # latent rows 1..4, cols 0..3
+    reg[1, 24:56, 64:96] = 1.0  # latent rows 3..6, cols 8..11
+    _, batch, _ = surgery(model_of(name), {"samples": S}, reg, [(ex, reg, "stretch")])
+    for b in range(2):
+        _, alone, _ = surgery(model_of(name), {"samples": S[b:b + 1]}, reg[b:b + 1], [(ex, reg[b:b + 1], "stretch")])
+        assert torch.equal(batch["samples"][b:b + 1], alone["samples"])
+    assert torch.equal(batch["samples"][0, 0, ..., 1:5, 0:4].reshape(4, 4), ex["samples"][0, 0])
+
+
+def test_a_batch_region_empty_in_one_image_says_so_and_leaves_that_image_alone():
+    S = _source((2, 4, LH, LW))
+    ex = {"samples": torch.ones(1, 4, 4, 4)}
+    reg = torch.zeros(2, IH, IW)
+    reg[0, 8:40, 0:32] = 1.0
+    _, out, notes = surgery(model_of("sd15"), {"samples": S}, reg, [(ex, reg, "stretch")])
+    assert torch.equal(out["samples"][1], S[1])
+    assert any("selects nothing in image 2" in n for n in notes)

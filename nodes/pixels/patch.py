@@ -197,8 +197,10 @@ def surgery(model, source, change_map, exemplars, vae=None, curve="linear", powe
             r = torch.ones(B, *hw, dtype=torch.bool, device=S.device)
         else:
             r = _map_to_grid(region, hw, ds, f"region_{k}", notes, B).to(S.device) >= 0.5
-        box = K.bounding_box(r)
-        if box is None:
+        # one box per image: a batch may carry one region per image (each exemplar goes in its own
+        # image's region, as when that image is edited alone)
+        boxes = [K.bounding_box(r[b]) for b in range(r.shape[0])]
+        if all(box is None for box in boxes):
             raise NodeInputError(f"{NODE}: region_{k} selects no pixel inside the "
                                  f"{hw[1] * ds}x{hw[0] * ds} source image (it is empty or lies outside "
                                  f"the image); paint the region on the source image")
@@ -206,10 +208,29 @@ def surgery(model, source, change_map, exemplars, vae=None, curve="linear", powe
             (ex.shape[1], ex.shape[2]) if isinstance(ex, torch.Tensor) and ex.ndim == 4 else None
         if ex_hw is None:
             raise NodeInputError(f"{NODE}: exemplar_{k} must be an IMAGE or a LATENT")
-        p = K.placement(tuple(int(v) for v in ex_hw), box.hw, mode)
-        patch = _exemplar_latent(ex, p, vae, ds, S, k).to(S.device)
-        placed, cover = K.paste(torch.zeros_like(S, dtype=torch.float32), patch, box, p)
-        layers.append((placed, r & cover.unsqueeze(0)))
+        ex_hw = tuple(int(v) for v in ex_hw)
+        if len(set(boxes)) == 1:  # the usual case: the same region for every image
+            p = K.placement(ex_hw, boxes[0].hw, mode)
+            patch = _exemplar_latent(ex, p, vae, ds, S, k).to(S.device)
+            placed, cover = K.paste(torch.zeros_like(S, dtype=torch.float32), patch, boxes[0], p)
+            where = r & cover.unsqueeze(0)
+        else:
+            rows, wheres = [], []
+            for b, box in enumerate(boxes):
+                blank = torch.zeros_like(S[b:b + 1], dtype=torch.float32)
+                if box is None:
+                    notes.append(note(NODE, f"region_{k} selects nothing in image {b + 1} of the batch; "
+                                            f"exemplar_{k} is not placed there"))
+                    rows.append(blank)
+                    wheres.append(torch.zeros_like(r[b:b + 1]))
+                    continue
+                p = K.placement(ex_hw, box.hw, mode)
+                patch = _exemplar_latent(ex, p, vae, ds, S, k).to(S.device)
+                row, cover = K.paste(blank, patch[b:b + 1], box, p)
+                rows.append(row)
+                wheres.append(r[b:b + 1] & cover.unsqueeze(0))
+            placed, where = torch.cat(rows), torch.cat(wheres)
+        layers.append((placed, where))
         used.append(k)
     start, written = K.composite_start(S, layers, C)
     for k, n in zip(used, written):
