@@ -546,3 +546,30 @@ def test_every_image_of_a_latent_batch_is_judged(setup, monkeypatch, mode):
     s_ab, act_ab = run(torch.cat(noises), tau)
     assert s_ab.shape[0] == 2  # both images judged
     assert torch.equal(act_ab, act_a | act_b)
+
+
+def test_a_run_that_ends_with_noise_left_does_not_paste_the_clean_source(setup):
+    """KSamplerAdvanced's end_at_step with leftover noise (or SplitSigmas) hands a noisy latent to the next
+    stage: settled tokens must stay noisy there (a clean source pasted at sigma > 0 lost its noise), and
+    a SpotEdit second stage still ends them bit-exact on the source."""
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    model = patched(setup, sel)
+    settled = torch.ones(setup.shape, dtype=torch.bool)
+    settled[..., :4, :6] = False
+    noise = torch.randn(setup.shape, generator=torch.Generator().manual_seed(4))
+
+    def run(m, latent, nz, **kw):
+        with torch.no_grad():
+            return comfy.sample.sample(m, nz, 8, 1.0, "euler", "simple", setup.cond, setup.neg, latent, seed=0,
+                                       disable_pbar=True, **kw)
+
+    base = run(setup.model, torch.zeros(setup.shape), noise, last_step=4)
+    first = run(model, torch.zeros(setup.shape), noise, last_step=4)
+    gap = float((first - setup.y)[settled].abs().mean())
+    assert gap > 0.3 * float((base - setup.y)[settled].abs().mean())  # still noisy, as the unpatched stage
+    text = SpotEditPreview.execute(model, {"samples": first}, -1).ui["text"][0]
+    assert "noise left: settled tokens were not pasted" in text
+    second = run(model, first, torch.zeros(setup.shape), start_step=4, disable_noise=True)
+    assert torch.equal(second[settled], setup.y[settled])
+    forced = run(model, torch.zeros(setup.shape), noise, last_step=4, force_full_denoise=True)
+    assert torch.equal(forced[settled], setup.y[settled])  # ends at sigma 0: pasted

@@ -184,6 +184,10 @@ class SpotEditPreview(io.ComfyNode):
         overlay = torch.stack([overlay_image(image[i].cpu(), region, px) for i in range(image.shape[0])])
         lines = [f"judge: {run.judge}", f"mode: {state.describe()}",
                  f"computed {total:.1%} of image tokens over {len(fr)} model calls"]
+        if run.leftover > 0:
+            lines.append(f"the run ended at sigma {run.leftover:.4g} with noise left: settled tokens were not "
+                         f"pasted (the stage that finishes the image ends them; patch it with SpotEdit too to "
+                         f"keep them bit-exact)")
         lines += [f"step {s}: {'full' if full else 'selective'} {f:.1%}" for s, full, f in fr]
         preview = ui.PreviewImage(overlay, cls=cls)
         return io.NodeOutput(overlay, float(total), ui={**preview.as_dict(), "text": ("\n".join(lines),)})

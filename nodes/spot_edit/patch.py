@@ -179,6 +179,7 @@ class _Run:
     judge: str = ""
     full_steps: tuple | None = None              # authors code: (warm-up, resets) scaled to the run
     sigmas: list | None = None                   # the run's sigmas as Python floats (read once)
+    leftover: float = 0.0                        # the run's last sigma when it ends with noise left
 
 
 class SpotState:
@@ -232,6 +233,9 @@ class SpotState:
         th, tw = -(-lat_hw[0] // self.family.patch), -(-lat_hw[1] // self.family.patch)
         self.run = _Run(self.family, y_user.float(), y_model.float(), lat_hw, th * tw, model_patcher=model,
                         judge=self.selector.describe())
+        sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+        if torch.is_tensor(sigmas) and sigmas.numel():
+            self.run.leftover = float(sigmas.flatten()[-1])
         self.controller.install(guider.model_options)
         pe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, self.diffusion_model, guider.model_options,
                                 is_model_options=True)
@@ -240,7 +244,9 @@ class SpotState:
         finally:
             run, self.run, self.last = self.run, None, self.run
             self.controller.plan = None
-        if run.last_settled is not None and bool(run.last_settled.any()):
+        # a run that ends with noise left (KSamplerAdvanced's end_at_step, SplitSigmas) hands a noisy
+        # latent to the next stage: pasting the clean source there would strip its noise
+        if run.last_settled is not None and bool(run.last_settled.any()) and run.leftover <= 0:
             settled = expand_token_mask(run.last_settled.unsqueeze(0), self.family.patch, lat_hw)
             out = keep_background(run.y_user.to(out.device, out.dtype), out, settled)
         return out
