@@ -573,3 +573,47 @@ def test_a_run_that_ends_with_noise_left_does_not_paste_the_clean_source(setup):
     assert torch.equal(second[settled], setup.y[settled])
     forced = run(model, torch.zeros(setup.shape), noise, last_step=4, force_full_denoise=True)
     assert torch.equal(forced[settled], setup.y[settled])  # ends at sigma 0: pasted
+
+
+@pytest.mark.parametrize("sampler,calls", [("euler", 1), ("heun", 2), ("heunpp2", 3), ("dpm_2", 2),
+                                           ("dpmpp_2s_ancestral", 2), ("dpmpp_sde", 2)])
+def test_every_call_of_a_step_counts_as_that_step(setup, sampler, calls):
+    """Samplers that call the model more than once per step (heun at the next step's sigma, dpm_2 and
+    dpmpp_sde at midpoints, heunpp2 also two sigmas on): every call of a warm-up step runs full and
+    every call is counted in its own step (the nearest sigma once put a step's second call in the next
+    step, so warm-up steps ran half selective)."""
+    from precise_edit.nodes.spot_edit.patch import state_of
+
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    model = patched(setup, sel, warmup=2, reset=0)
+    noise = torch.randn(setup.shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = comfy.sample.sample(model, noise, 6, 1.0, sampler, "simple", setup.cond, setup.neg,
+                                  torch.zeros(setup.shape), seed=0, disable_pbar=True)
+    per_step = [min(calls, 6 - i) for i in range(6)]  # the last steps end at sigma 0 with fewer calls
+    expected = [i for i in range(6) for _ in range(per_step[i])]
+    history = state_of(model).last.history
+    assert [s for s, _, _ in history] == expected
+    assert [full for _, full, _ in history] == [s < 2 for s in expected]
+    settled = torch.ones(setup.shape, dtype=torch.bool)
+    settled[..., :4, :6] = False
+    assert torch.equal(out[settled], setup.y[settled])
+
+
+def test_a_heun_like_sampler_of_another_name_is_learned_after_its_first_step(setup):
+    """A sampler not known by name that calls the model again at the next step's sigma: after it has
+    done so once (step 0's second call is counted as step 1), every later call is counted right."""
+    from comfy.k_diffusion.sampling import sample_heun
+
+    from precise_edit.nodes.spot_edit.patch import state_of
+
+    sel = SpotSelector.execute("L4", 0.2, 0, "replace", mask=region_mask()).args[0]
+    model = patched(setup, sel, warmup=2, reset=0)
+    sampler = comfy.samplers.KSAMPLER(lambda *a, **k: sample_heun(*a, **k))
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 6)
+    noise = torch.randn(setup.shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, setup.cond, setup.neg,
+                                   torch.zeros(setup.shape), seed=0, disable_pbar=True)
+    steps = [s for s, _, _ in state_of(model).last.history]
+    assert steps == [0, 1, 1, 1, 2, 2, 3, 3, 4, 4, 5]

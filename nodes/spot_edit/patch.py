@@ -40,6 +40,7 @@ KEY = "precise_edit_spot"
 
 
 MODES = ("paper", "authors code")
+HEUN_LIKE = ("sample_heun", "sample_heunpp2")  # ComfyUI samplers whose second call is at the next step's sigma
 
 
 @dataclass
@@ -180,6 +181,9 @@ class _Run:
     full_steps: tuple | None = None              # authors code: (warm-up, resets) scaled to the run
     sigmas: list | None = None                   # the run's sigmas as Python floats (read once)
     leftover: float = 0.0                        # the run's last sigma when it ends with noise left
+    stepped: int | None = None                   # the sampler's last per-step callback index (None: none yet)
+    at_next: dict = field(default_factory=dict)  # cond key -> calls at the next step's sigma since that callback
+    second_at_next: bool = False                 # the sampler calls the model again at the next sigma (heun)
 
 
 class SpotState:
@@ -282,6 +286,48 @@ class SpotState:
         return run.ref_rot
 
     @staticmethod
+    def _step_of(run: _Run, key, sigma: float) -> int:
+        """The step a model call belongs to. A step's later calls (dpm_2's and dpmpp_sde's midpoints)
+        lie below its sigma and above the next one's: the last schedule sigma at or above the call's.
+        heun's second call lands exactly on the next step's sigma, where that step's first call
+        lands too: ComfyUI's samplers call back once per step, right after the step's first call, and
+        after that callback the first call at the next sigma is the step's own second call when the
+        sampler is heun-like (known by name, or seen making two calls there in an earlier step)."""
+        s = run.sigmas
+        tol = 1e-6 * max(1.0, abs(sigma))
+        step = max((i for i in range(len(s)) if s[i] >= sigma - tol), default=0)
+        c = run.stepped
+        if c is None or abs(s[step] - sigma) > tol:
+            return step
+        if step == c + 1:
+            n = run.at_next.get(key, 0) + 1
+            run.at_next[key] = n
+            if n == 2:
+                run.second_at_next = True
+            elif n == 1 and run.second_at_next:
+                return c
+        elif step == c + 2 and run.second_at_next and run.at_next.get(key, 0) == 1:
+            return c  # heunpp2's third call, two sigmas on
+        return step
+
+    def sampler_sample(self, executor, *args, **kwargs):
+        """SAMPLER_SAMPLE wrapper: follow the sampler's steps through its per-step callback (passed on
+        to the caller's), so that a step's calls are told from the next step's (see _step_of)."""
+        run = self.run
+        if run is None or len(args) < 4:
+            return executor(*args, **kwargs)
+        fn = getattr(executor.class_obj, "sampler_function", None)
+        run.second_at_next = getattr(fn, "__name__", "") in HEUN_LIKE
+        user = args[3]
+
+        def callback(i, *a, **kw):
+            run.stepped, run.at_next = int(i), {}
+            if user is not None:
+                return user(i, *a, **kw)
+
+        return executor(*args[:3], callback, *args[4:], **kwargs)
+
+    @staticmethod
     def _judged_x0(run: _Run, key) -> torch.Tensor:
         """The clean estimate the judge compares with the source: the conditional (instruction)
         part of this call's batch, as the authors' pipelines judge their one, conditional,
@@ -324,14 +370,14 @@ class SpotState:
         x = args[0]
         sigma = float(to["sigmas"].flatten()[0])  # the step's one wait for the device (a full step's only one)
         sample_sigmas = to.get("sample_sigmas")
+        key = (tuple(to.get("cond_or_uncond", [0])), x.shape[0])
         if sample_sigmas is not None:
             if run.sigmas is None:  # once per run, then the step index is found on the host
                 run.sigmas = [float(s) for s in sample_sigmas.float().flatten().tolist()]
-            step = min(range(len(run.sigmas)), key=lambda i: abs(run.sigmas[i] - sigma))
+            step = self._step_of(run, key, sigma)
         else:
             step = run.last_step + 1
         run.last_step = step
-        key = (tuple(to.get("cond_or_uncond", [0])), x.shape[0])
         cache = run.caches.get(key)
         full = self._is_full(run, step, sample_sigmas) or cache is None or sigma <= 0 or key not in run.x0
         active = None
@@ -456,6 +502,7 @@ def patch_model(model, family: Family, selector: Selector, warmup: int, reset_ev
     clone = model.clone()
     clone.model_options["transformer_options"][KEY] = state
     clone.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, state.outer_sample)
+    clone.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, KEY, state.sampler_sample)
     return clone, state
 
 
