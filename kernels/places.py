@@ -21,6 +21,7 @@ REGIONS: dict[str, tuple[float, float, float, float]] = {  # (x0, y0, x1, y1), f
     "edge_top": (0.0, 0.0, 1.0, 0.2), "edge_bottom": (0.0, 0.8, 1.0, 1.0),
     "edge_left": (0.0, 0.0, 0.2, 1.0), "edge_right": (0.8, 0.0, 1.0, 1.0),
     "center": (0.25, 0.25, 0.75, 0.75),
+    "top_center": (T3, 0.0, 1 - T3, 0.5), "bottom_center": (T3, 0.5, 1 - T3, 1.0),
 }
 
 class SpatialError(ValueError):

@@ -41,7 +41,13 @@ RELATIONS = ("above", "below", "left_of", "right_of", "next_to")
 IMAGE_EQUIVALENT = {"above": "top_half", "below": "bottom_half", "left_of": "left_half", "right_of": "right_half",
                     "next_to": None}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
-_TOKEN = re.compile(r"\d+(?:[.,]\d+)?|[^\W\d_]+(?:-[^\W\d_]+)*|[%,.;!?]")
+_TOKEN = re.compile(r"-?\d+(?:[.,]\d+)?|[^\W\d_]+|[%,.;!?]")
+_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")  # "bottom-right" reads as "bottom right"
+
+
+def _fold(text: str) -> str:
+    """Lower case with hyphens between letters as spaces (the same length: token spans stay valid)."""
+    return _HYPHEN.sub(" ", unicodedata.normalize("NFC", text).lower())
 
 
 class MissingObjectMask(SpatialError):
@@ -68,11 +74,13 @@ class Table:
     units: dict = field(default_factory=dict)
     amount_words: dict = field(default_factory=dict)
     fillers: list = field(default_factory=list)
+    locatives: list = field(default_factory=list)
+    leading_attributes: set = field(default_factory=set)  # attributes that precede their noun (English)
     direct_relation: bool = False
 
 
 def _words(text: str) -> tuple[str, ...]:
-    return tuple(m.group(0) for m in _TOKEN.finditer(unicodedata.normalize("NFC", text).lower()))
+    return tuple(m.group(0) for m in _TOKEN.finditer(_fold(text)))
 
 
 def _phrases(items) -> list[tuple[str, ...]]:
@@ -110,6 +118,9 @@ def load_table(language: str) -> Table:
     t.units = {_words(k): v for k, v in raw.get("amount_units", {}).items()}
     t.amount_words = {_words(k): float(v) for k, v in raw.get("amount_words", {}).items()}
     t.fillers = _phrases(raw.get("move_fillers", []))
+    t.locatives = _phrases(raw.get("move_locatives", []))
+    if raw.get("attributes_before_noun"):
+        t.leading_attributes = {w for p in raw.get("detail", {}).get("attributes", []) for w in _words(p)}
     t.direct_relation = bool(raw.get("direct_relation", False))
     return t
 
@@ -144,7 +155,9 @@ class Parsed:
 class _Tokens:
     def __init__(self, text: str):
         self.text = unicodedata.normalize("NFC", text)
-        lower = self.text.lower()
+        lower = _fold(self.text)
+        if len(lower) != len(self.text):  # a character whose lower case is longer: no hyphen folding
+            lower = self.text.lower()
         self.spans = [(m.start(), m.end()) for m in _TOKEN.finditer(lower)]
         self.words = [lower[a:b] for a, b in self.spans]
         self.used = [False] * len(self.words)
@@ -179,11 +192,12 @@ class _Tokens:
                     self.used[k] = True
                     continue
                 break
-        out, pos = [], 0
+        out, pos, prev = [], 0, False
         for (a, b), used in zip(self.spans, self.used):
             if used:
-                out.append(self.text[pos:a])
+                out.append(" " if prev else self.text[pos:a])  # "bottom-right": the hyphen goes too
                 pos = b
+            prev = used
         out.append(self.text[pos:])
         s = re.sub(r"\s+", " ", "".join(out)).strip()
         s = re.sub(r"\s+([,.;!?%])", r"\1", s)
@@ -213,11 +227,17 @@ def _find(tokens: _Tokens, table: dict) -> list[tuple[int, int, object]]:
 
 def _object_phrase_end(tokens: _Tokens, j: int, t: Table) -> int:
     """End of the object's noun phrase that starts at token ``j`` (articles, then words up to a stop
-    word, a punctuation mark or the end)."""
-    k = j
+    word, a punctuation mark or the end; in languages whose attributes come before the noun, also
+    up to an attribute after the noun)."""
+    attrs = t.leading_attributes
+    k, noun = j, False
     while k < len(tokens.words):
         if any(tuple(tokens.words[k:k + len(s)]) == s for s in t.stops) or tokens.used[k]:
             break
+        w = tokens.words[k]
+        if noun and w in attrs:
+            break  # "next to the plate blue": the attribute after the noun is the edit, not the object
+        noun = noun or (w not in attrs and w not in t.articles)
         k += 1
     return k
 
@@ -383,13 +403,28 @@ def _parse_region(tokens: _Tokens, t: Table, object_box) -> Parsed:
 
 
 def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Parsed | None:
-    dirs = _find(tokens, t.directions)
+    def located(a):  # "the star on the left": a place describing the object, not where it goes
+        return tokens.ends_with_any(a, t.locatives) is not None
+
+    places = _find(tokens, t.regions)
+    inside = [(a, b) for a, b, spec in places if located(a) and b - a > 1]
+    dirs = [(a, b, d) for a, b, d in _find(tokens, t.directions)
+            if not located(a) and not any(pa <= a and b <= pb for pa, pb in inside)]
+    for a, b, d in dirs:
+        link = tokens.match_any(b, t.links)
+        if link and _starts_object(tokens, b + len(link), t):
+            raise SpatialError(f"'{' '.join(tokens.words[a:_object_phrase_end(tokens, b + len(link), t)])}' is a place "
+                               f"relative to another object, which a move cannot take; give the move as an amount "
+                               f"and direction (e.g. 'move it 20% to the {d}') or a place in the image ('to the "
+                               f"{d} edge')")
     targets = []
-    for a, b, spec in _find(tokens, t.regions):
+    for a, b, spec in places:
         if spec.get("needs_preposition") and _preposition_before(tokens, a, t) == a:
             continue
         if any(da <= a and b <= db for da, db, _ in dirs):
             continue  # "to the left" is a direction, not the place "left"
+        if located(a):
+            continue
         targets.append((a, b, spec["region"]))
     # a target place wins over directions (the "right" in "bottom right corner" belongs to the place)
     if not dirs and not targets:
@@ -397,49 +432,56 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
     phrases = []
     for i, p in verbs[:1]:
         tokens.use(i, i + len(p))
-    # amounts: a number followed by a unit, or words like "slightly"
-    amount, unit = None, None
+    # amounts: a number followed by a unit (a bare number next to a direction reads as percent, with a
+    # note), or words like "slightly"; with several, each direction takes the nearest one
+    amounts = []  # (token position, amount, unit)
+    notes = []
     k = 0
     while k < len(tokens.words):
         w = tokens.words[k]
-        if re.fullmatch(r"\d+(?:[.,]\d+)?", w):
+        if re.fullmatch(r"-?\d+(?:[.,]\d+)?", w) and not tokens.used[k]:
             u = tokens.match_any(k + 1, sorted(t.units, key=len, reverse=True))
-            if u:
-                amount, unit = float(w.replace(",", ".")), t.units[u]
-                phrases.append(" ".join(tokens.words[k:k + 1 + len(u)]))
-                tokens.use(k, k + 1 + len(u))
+            bare = u is None and any(a == k + 1 or b == k for a, b, _ in dirs)
+            if u or bare:
+                n = 1 + (len(u) if u else 0)
+                amounts.append((k, float(w.replace(",", ".")), t.units[u] if u else "percent"))
+                phrases.append(" ".join(tokens.words[k:k + n]))
+                if bare:
+                    notes.append(f"'{w}' has no unit: read as {w}% of the image")
+                tokens.use(k, k + n)
                 before = tokens.ends_with_any(k, t.fillers)
                 if before:
                     tokens.use(k - len(before), k)
-                k += 1 + len(u)
+                k += n
                 continue
         k += 1
-    if amount is None:
+    if not amounts:
         for a, b, f in _find(tokens, t.amount_words):
-            amount, unit = f, "fraction"
+            amounts.append((a, f, "fraction"))
             phrases.append(" ".join(tokens.words[a:b]))
             tokens.use(a, b)
             break
-    notes = []
     if not targets:
         dx = dy = 0.0
+        if not amounts:
+            amounts = [(0, DEFAULT_MOVE, "fraction")]
+            notes.append(f"no amount given: moved by {100 * DEFAULT_MOVE:.0f}% of the image")
         for a, b, d in dirs:
             if any(tokens.used[a:b]):
                 continue
+            _, amount, unit = min(amounts, key=lambda m: min(abs(m[0] - a), abs(m[0] - (b - 1))))
+            if unit == "pixels":
+                if image_size is None:
+                    raise SpatialError("a move in pixels needs the image size; connect 'image' (or give the move "
+                                       "in %)")
+                f = amount / (image_size[0] if d in ("left", "right") else image_size[1])
+            else:
+                f = amount / 100.0 if unit == "percent" else amount
             ux, uy = DIRECTIONS[d]
-            dx, dy = dx + ux, dy + uy
+            dx, dy = dx + ux * f, dy + uy * f
             phrases.append(" ".join(tokens.words[a:b]))
             tokens.use(_preposition_before(tokens, a, t), b)
-        if amount is None:
-            amount, unit = DEFAULT_MOVE, "fraction"
-            notes.append(f"no amount given: moved by {100 * DEFAULT_MOVE:.0f}% of the image")
-        if unit == "pixels":
-            if image_size is None:
-                raise SpatialError("a move in pixels needs the image size; connect 'image' (or give the move in %)")
-            fx, fy = amount / image_size[0], amount / image_size[1]
-        else:
-            fx = fy = amount / 100.0 if unit == "percent" else amount
-        offset = (dx * fx, dy * fy)
+        offset = (dx, dy)
     else:
         a, b, region = targets[0]
         phrases.append(" ".join(tokens.words[a:b]))

@@ -284,3 +284,65 @@ def test_detail_measure_is_monotone():
     vi = D.detail("thêm một con chó nâu có vòng cổ đỏ ở góc dưới bên phải")
     assert vi.attributes == 2 and vi.relations == 1
     assert [D.detail_strength(D.Detail(n, 0, 0), 4) for n in range(6)] == [0, .25, .5, .75, 1, 1]
+
+
+# ----------------------------------------------------------- phrasings a probe found misread (this round)
+
+@pytest.mark.parametrize("text,box,rest", [
+    ("add a tree in the bottom-right", QUARTER["br"], "add a tree"),
+    ("add a tree in the top-left", QUARTER["tl"], "add a tree"),
+    ("add a tree in the lower-right corner", CORNER["br"], "add a tree"),
+    ("add a bird on the left-hand side", HALF["l"], "add a bird"),
+    ("add a bird on the right hand side", HALF["r"], "add a bird"),
+    ("make the circle at the bottom-right blue", QUARTER["br"], "make the circle blue"),
+    ("add a tree at the top centre", (T, 0, 1 - T, .5), "add a tree"),
+    ("add a tree at the bottom center", (T, .5, 1 - T, 1), "add a tree"),
+    ("make the t-shirt on the left red", HALF["l"], "make the t-shirt red"),
+])
+def test_hyphenated_and_centred_places(text, box, rest):
+    p = S.parse(text, "en")
+    assert p.kind == "region" and len(p.boxes) == 1 and p.boxes[0] == pytest.approx(box), p.describe()
+    assert p.text == rest
+
+
+@pytest.mark.parametrize("text,rest", [
+    ("make the cup next to the plate blue", "make the cup blue"),
+    ("paint the wall above the sofa yellow", "paint the wall yellow"),
+    ("make the ball on the right side of the table red", "make the ball red"),
+    ("put a cat next to the big red plate", "put a cat"),
+])
+def test_the_edit_after_a_relative_place_stays_in_the_instruction(text, rest):
+    assert S.parse(text, "en", object_box=OBJ).text == rest
+
+
+@pytest.mark.parametrize("text,offset", [
+    ("move it 20% right and 10% down", (0.2, 0.1)),
+    ("move the star left 10% and up 20%", (-0.1, -0.2)),
+    ("move it 10% left and 30 pixels down", (-0.1, 0.3)),
+    ("move the star on the left to the right", (0.25, 0.0)),
+    ("move it -10% to the right", (-0.1, 0.0)),
+    ("move it 10 to the left", (-0.1, 0.0)),
+])
+def test_move_amounts_and_directions(text, offset):
+    p = S.parse(text, "en", image_size=(200, 100))
+    assert p.kind == "move" and p.offset == pytest.approx(offset), p.describe()
+
+
+def test_a_bare_number_is_read_as_percent_with_a_note():
+    p = S.parse("move it 10 to the left", "en")
+    assert any("no unit" in n for n in p.notes) and not any("no amount" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("text,rest", [
+    ("translate the sign on the left into French", "translate the sign into French"),
+    ("make the man push the cart on the left", "make the man push the cart"),
+    ("push the button at the bottom right", "push the button"),
+])
+def test_a_move_verb_with_a_place_that_describes_the_object_is_a_region(text, rest):
+    p = S.parse(text, "en")
+    assert p.kind == "region" and p.text == rest, p.describe()
+
+
+def test_a_move_to_a_place_relative_to_another_object_is_refused_with_the_fix():
+    with pytest.raises(S.SpatialError, match="relative to another object.*move it 20% to the left"):
+        S.parse("move it to the left of the tree", "en", object_box=OBJ)
