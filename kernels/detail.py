@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .spatial import SpatialError, _find, _Tokens, _words, detect_language, load_table, parse
+from .spatial import SpatialError, _find, _parse_region, _Tokens, _words, detect_language, load_table, parse
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,15 @@ def detail(text: str, language: str = "auto") -> Detail:
         return Detail(0, 0, 0)
     lang = detect_language(text) if language == "auto" else language
     t = load_table(lang)
+    box = (0.25, 0.25, 0.75, 0.75)
     try:
-        rel = parse(text, lang, object_box=(0.25, 0.25, 0.75, 0.75), image_size=(1024, 1024)).relations
+        rel = parse(text, lang, object_box=box, image_size=(1024, 1024)).relations
     except SpatialError:
         rel = 1
+    try:  # a move verb added to an instruction with places must not hide the places it names
+        rel = max(rel, _parse_region(_Tokens(text), t, box).relations)
+    except SpatialError:
+        pass
     d = t.raw.get("detail", {})
     tokens = _Tokens(text)
     attrs = {_words(p): 1 for p in d.get("attributes", [])}

@@ -48,9 +48,13 @@ def parse_values(text: str) -> list[float]:
     out = []
     for p in parts:
         try:
-            out.append(float(p))
+            v = float(p)
         except ValueError:
             raise GuidanceError(f"'{p}' in the values list is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise GuidanceError(f"'{p}' in the values list is not a scale; give finite numbers of 0 or more "
+                                f"(e.g. '7.5, 7, 6.5')")
+        out.append(v)
     return out
 
 

@@ -198,3 +198,24 @@ def test_conditions_are_batched_into_one_model_call_per_step():
     g, _ = instruct_guider(model, pos, neg, mid, neg_instr, text_scale=5.0, image_scale=1.5)
     run(g, "sd15", steps=3)
     assert calls == [4, 4, 4]  # positive, image-only, negative and the negative instruction together
+
+
+@pytest.mark.parametrize("values", ["nan 7 7 7", "inf 7 7 7", "-50 7 7 7"])
+def test_values_lists_hold_scales(values):
+    """A NaN in text_values gave an all-NaN latent with no message; a negative value was accepted too."""
+    with pytest.raises(NodeInputError, match="text_values: '.*' in the values list is not a scale"):
+        guider_of("sd15", 0.0, 1.5, text_schedule="list", text_values=values)
+
+
+def test_from_instruction_with_a_list_schedule_is_refused():
+    """The list's values were used and the note claimed the instruction's scale."""
+    pos, mid, neg = conds_of("sd15")
+    with pytest.raises(NodeInputError, match="'from instruction' sets the text scale, but text_schedule 'list'"):
+        instruct_guider(model_of("sd15"), pos, neg, mid, None, text_scale_mode="from instruction",
+                        instruction="add a brown dog", text_schedule="list", text_values="2 2 2 2")
+
+
+def test_adding_a_move_to_an_instruction_never_lowers_its_detail():
+    a = DT.detail("add a tree on the left at the top")
+    b = DT.detail("add a tree on the left at the top and move it")
+    assert b.relations >= a.relations and b.count >= a.count

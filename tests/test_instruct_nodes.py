@@ -153,3 +153,19 @@ def test_change_map_is_feathered_outward_and_the_node_runs():
     change = out.result[4]
     assert bool((change[0, 24:32, 24:32] == 1).all()) and bool((change[0, 24:32, 48:56] == 1).all())
     assert bool(((change > 0) & (change < 1)).any())
+
+
+def test_move_on_an_image_size_not_divisible_by_8_keeps_the_vae_grid():
+    """100x60 px encodes to 12x7 cells (factor 8); round(60 / 7) = 9 made 108x63 outputs."""
+    S = torch.randn(1, 4, 7, 12, generator=torch.Generator().manual_seed(0))
+    m = torch.zeros(1, 60, 100)
+    m[0, 16:32, 16:32] = 1
+    ex, region, fill, fill_region, change, notes = move_object({"samples": S}, m, 0.25, 0.0, feather=0)
+    assert region.shape[-2:] == change.shape[-2:] == fill_region.shape[-2:] == (56, 96)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_move_refuses_a_non_finite_offset(bad):
+    S = torch.randn(1, 4, LH, LW)
+    with pytest.raises(NodeInputError, match="MoveObject: offset_x is"):
+        move_object({"samples": S}, cell_mask([(3, 3)]), bad, 0.0)

@@ -14,6 +14,8 @@ On the source latent's grid (offsets are rounded to whole latent cells):
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +48,10 @@ def shift_cells(m: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def move_object(source, object_mask, offset_x: float, offset_y: float, feather: int = 16, vae=None):
     """Returns (exemplar LATENT, region MASK, fill LATENT, fill_region MASK, change_map MASK, notes)."""
+    for name, v in (("offset_x", offset_x), ("offset_y", offset_y)):
+        if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise NodeInputError(f"{NODE}: {name} is {v}; give a finite fraction of the image (e.g. 0.1 = 10% "
+                                 f"to the right / down)")
     latent = _source_latent(source, vae)
     S = latent["samples"]
     if object_mask is None:
@@ -57,7 +63,7 @@ def move_object(source, object_mask, offset_x: float, offset_y: float, feather: 
     notes: list[str] = []
     h, w = S.shape[-2:]
     mh, mw = m.shape[-2:]
-    ds = max(1, round(mh / h))
+    ds = max(1, min(mh // h, mw // w))  # the VAE's factor: 100x60 px -> 12x7 cells is 8, not round(60 / 7)
     if (mh, mw) not in ((h, w), (h * ds, w * ds)):
         notes.append(note(NODE, f"object_mask is {mw}x{mh}, not the source's {w * ds}x{h * ds}; it is resized"))
     obj = (K.resize_map(m.clamp(0, 1), (h, w)).amax(0) >= 0.5).float()  # union over the batch, latent grid

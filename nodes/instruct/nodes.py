@@ -208,6 +208,10 @@ def instruct_guider(model, positive, negative, image_only=None, negative_instruc
     except UnsupportedModel as e:
         raise NodeInputError(str(e)) from None
     if text_scale_mode == "from instruction":
+        if text_schedule == "list":
+            raise NodeInputError(f"{node}: text_scale_mode 'from instruction' sets the text scale, but "
+                                 f"text_schedule 'list' uses text_values instead; choose another text_schedule "
+                                 f"(constant, linear, cosine) or set text_scale_mode to '{TEXT_MODES[0]}'")
         if not isinstance(instruction, str) or not instruction.strip():
             raise NodeInputError(f"{node}: text_scale_mode 'from instruction' needs the instruction text; connect "
                                  f"it to 'instruction' (e.g. from Spatial Instruction's input)")
