@@ -10,6 +10,7 @@ A malformed entry or a missing image does not stop anything: :func:`load_cases` 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -66,12 +67,15 @@ def load_cases(mapping_file: Path, types: list[str] | None = None, limit: int | 
         case = Case(str(key), image_path=str(item.get("image_path", "")),
                     original_prompt=_clean(item.get("original_prompt")), editing_prompt=_clean(item.get("editing_prompt")),
                     editing_instruction=_clean(item.get("editing_instruction")),
-                    editing_type_id=str(item.get("editing_type_id", "")), mask_rle=item.get("mask") or [])
+                    editing_type_id=str(item.get("editing_type_id", "")))
+        mask = item.get("mask")
         if missing:
             case.error = f"case {key}: the mapping entry lacks {', '.join(missing)}"
-        elif not isinstance(case.mask_rle, list) or len(case.mask_rle) % 2 \
-                or not all(isinstance(v, int) for v in case.mask_rle):
-            case.error = f"case {key}: 'mask' must be a list of start/length integer pairs"
+        elif not isinstance(mask, list) or len(mask) % 2 or not all(isinstance(v, int) for v in mask):
+            # null or "" is no mask at all (not an empty one): only [] means "nothing edited"
+            case.error = f"case {key}: 'mask' must be a list of start/length integer pairs, not {json.dumps(mask)[:40]}"
+        else:
+            case.mask_rle = mask
         if types and case.editing_type_id not in types:
             continue
         cases.append(case)
@@ -109,3 +113,39 @@ def mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((mask * 255).round().astype(np.uint8), "L").save(buf, format="PNG")
     return buf.getvalue()
+
+
+UNSAFE_IN_NAMES = "/\\~\0"
+
+
+def case_dir_name(case_id: str) -> str:
+    """A case's folder name: the id itself, unless it holds ``/``, ``\\``, ``~`` or is ``.``, ``..`` or
+    over 100 characters; then the id with those replaced by ``_`` and ``~`` plus a hash of the exact id.
+    Names are unique: ``x/y`` and ``x_y`` never share a folder (only hashed names hold ``~``)."""
+    if case_id not in ("", ".", "..") and len(case_id) <= 100 and not any(c in UNSAFE_IN_NAMES for c in case_id):
+        return case_id
+    safe = "".join("_" if c in UNSAFE_IN_NAMES else c for c in case_id)[:60]
+    return f"{safe}~{hashlib.sha256(case_id.encode()).hexdigest()[:10]}"
+
+
+def _record_case(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "record.json").read_text()).get("case_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def case_folders(method_root: Path, case_ids: list[str]) -> dict[str, Path]:
+    """Each case's folder under ``method_root``. A run made before the names were unique keeps its
+    folder (``/`` replaced by ``_``) when that folder's record is this case's and no other case of
+    the list is named so: rerunning it resumes instead of starting again."""
+    names = {cid: case_dir_name(cid) for cid in case_ids}
+    taken = set(names.values())
+    out = {}
+    for cid, name in names.items():
+        legacy = cid.replace("/", "_")
+        if (legacy != name and legacy not in taken and legacy not in (".", "..") and "\0" not in legacy
+                and _record_case(method_root / legacy) == cid):
+            name = legacy
+        out[cid] = method_root / name
+    return out

@@ -36,19 +36,33 @@ def _fid(args) -> int:
     return 0
 
 
+def _record_case_id(folder: Path) -> str:
+    """The case id its record.json holds (folder names are not always the id: ``dataset.case_dir_name``)."""
+    try:
+        return str(json.loads((folder / "record.json").read_text())["case_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return folder.name
+
+
 def _lmm(args) -> int:
     data = args.data
     cases = {c.case_id: c for c in load_cases(args.mapping_file or data / "mapping_file.json")}
     images = args.images or data / "annotation_images"
     ep = lmm.Endpoint(args.endpoint, args.model, args.api_key_env, args.timeout, args.max_retries)
     cache = lmm.Cache(str(args.cache)) if args.cache else None
-    todo = sorted((args.run / "cases").glob("*/*/edited.png"))
+    try:  # only the method folders of the run that run.json describes (not earlier runs' folders)
+        dirs = fid.run_method_dirs(args.run)
+    except ValueError as e:
+        print(f"judge_edits lmm: {e}", file=sys.stderr)
+        return 2
+    todo = sorted((png, name) for name, ds in dirs.items() for d in ds
+                  for png in (args.run / "cases" / d).glob("*/edited.png"))
     if not todo:
         print(f"judge_edits lmm: no edited.png under {args.run / 'cases'}", file=sys.stderr)
         return 2
     rows = []
-    for png in tqdm(todo, unit="case"):
-        case_id, method = png.parent.name, png.parent.parent.name.split("__")[0]
+    for png, method in tqdm(todo, unit="case"):
+        case_id = _record_case_id(png.parent)
         case = cases.get(case_id)
         row = {"case_id": case_id, "method": method, "score": "", **{a: "" for a in lmm.ASPECTS}}
         if case is None or not case.editing_instruction:

@@ -3,7 +3,7 @@
 Output folder (stable: later tools such as a rating page read it)::
 
     OUT/run.json                       data set, methods (workflow, fingerprint), metric settings
-    OUT/cases/<method>/<case_id>/      one folder per case and method
+    OUT/cases/<method>/<case>/         one folder per case and method (:func:`dataset.case_dir_name`)
         edited.png                     the edit as the workflow's output node saved it
         record.json                    that case's row (metrics, seconds, server, status, error)
     OUT/results.csv, results.parquet   one row per case and method (columns: report.ROW_COLUMNS + metrics)
@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .client import ServerError
-from .dataset import Case, case_inputs, mask_png, rgba_with_mask
+from .dataset import Case, case_folders, case_inputs, mask_png, rgba_with_mask
 from .method import MetricSettings, Method, execute_case
 from .report import write_reports
 
@@ -58,10 +58,11 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _done(path: Path) -> bool:
+def _done(path: Path, case_id: str) -> bool:
     try:
-        return json.loads(path.read_text()).get("status") == "ok"
-    except (OSError, ValueError):
+        rec = json.loads(path.read_text())
+        return rec.get("status") == "ok" and rec.get("case_id", case_id) == case_id
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -133,10 +134,12 @@ def run(cfg: RunConfig, cases: list[Case]) -> dict:
         "metrics": asdict(cfg.metrics), "ray": cfg.use_ray,
         "methods": {m.name: {"dir": method_dir(cfg, m), "bindings": m.bindings, "seed": m.seed} for m in cfg.methods}})
     jobs, skipped = [], 0
+    ids = [c.case_id for c in cases]
+    folders = {m.name: case_folders(cfg.out / "cases" / method_dir(cfg, m), ids) for m in cfg.methods}
     for case in cases:  # case-major: methods side by side on the same case
         for m in cfg.methods:
-            folder = cfg.out / "cases" / method_dir(cfg, m) / case.case_id.replace("/", "_")
-            if _done(folder / "record.json"):
+            folder = folders[m.name][case.case_id]
+            if _done(folder / "record.json", case.case_id):
                 skipped += 1
                 continue
             jobs.append(Job(case, m, folder))

@@ -3,11 +3,13 @@
     python scripts/judge_edits.py fid --edited runs/first --method kv --reference photos/ --inception PATH
 
 Image sets are read as torch-fidelity reads folders (PIL, RGB, uint8), in sorted file order. A runner
-output folder (one holding ``run.json``) gives its ``cases/<method>__<fp>/<case>/edited.png`` files
-(``method`` picks one method when the run holds several).
+output folder (one holding ``run.json``) gives the ``cases/<method>__<fp>/<case>/edited.png`` files of the
+method folders its ``run.json`` names (the last run's: folders of earlier runs with other settings are
+not read); ``method`` picks one method when the run holds several.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -27,15 +29,14 @@ def image_files(path: str | os.PathLike, method: str | None = None) -> list[Path
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
     if (root / "run.json").is_file() and (root / "cases").is_dir():
-        dirs = sorted(d for d in (root / "cases").iterdir() if d.is_dir())
-        methods = sorted({d.name.split("__")[0] for d in dirs})
+        dirs = run_method_dirs(root)
         if method:
-            dirs = [d for d in dirs if d.name.split("__")[0] == method]
-            if not dirs:
-                raise ValueError(f"method {method!r} is not in the run {root} (it holds: {', '.join(methods)})")
-        elif len(methods) > 1:
-            raise ValueError(f"the run {root} holds several methods ({', '.join(methods)}): name one")
-        files = sorted(p for d in dirs for p in d.glob("*/edited.png"))
+            if method not in dirs:
+                raise ValueError(f"method {method!r} is not in the run {root} (it holds: {', '.join(sorted(dirs))})")
+            dirs = {method: dirs[method]}
+        elif len(dirs) > 1:
+            raise ValueError(f"the run {root} holds several methods ({', '.join(sorted(dirs))}): name one")
+        files = sorted(p for ds in dirs.values() for d in ds for p in (root / "cases" / d).glob("*/edited.png"))
     else:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
@@ -43,9 +44,31 @@ def image_files(path: str | os.PathLike, method: str | None = None) -> list[Path
     return files
 
 
+def run_method_dirs(root: Path) -> dict[str, list[str]]:
+    """Method name -> its folder(s) under ``cases/``: the one ``run.json`` records (folders of earlier
+    runs with other settings are left out). A folder whose ``run.json`` names no methods (or that has
+    none) gives every folder on disk, grouped by the name before ``__``."""
+    root = Path(root)
+    try:
+        run = json.loads((root / "run.json").read_text()) if (root / "run.json").is_file() else {}
+        methods = run.get("methods") if isinstance(run, dict) else None
+        if methods:
+            return {str(name): [str(info["dir"])] for name, info in methods.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{root}/run.json cannot be read ({type(e).__name__}: {e}): is it a runner output "
+                         "folder?") from None
+    dirs: dict[str, list[str]] = {}
+    for d in sorted(p for p in (root / "cases").glob("*") if p.is_dir()):
+        dirs.setdefault(d.name.split("__")[0], []).append(d.name)
+    return dirs
+
+
 def load_uint8(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read the image {path} ({e}): remove or replace it") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 

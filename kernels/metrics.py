@@ -25,6 +25,11 @@ from torchmetrics.functional.regression import mean_squared_error
 
 from .pie_masks import PIE_SIZE, rle_decode, rle_encode, with_border  # noqa: F401 (masks live there, numpy only)
 
+# Values this far outside 0..1 are clipped as SaveImage clips them (resampling overshoots a little);
+# anything further out is a wrong range (e.g. 0..255) and refused: clipping it would give "perfect" scores.
+RANGE_SLACK = 0.25
+SSIM_WINDOW = 11  # SSIM's Gaussian window: smaller images have no SSIM
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,6 +37,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
     """What an 8-bit PNG of ``image`` holds (ComfyUI's SaveImage: clip to 0..255, truncate)."""
     return (image.float() * 255.0).clamp(0, 255).to(torch.uint8)
+
+
+def check_pixels(image: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` (naming ``name``) for an empty image, NaN or infinite values, or values
+    outside 0..1 (beyond :data:`RANGE_SLACK`): none of them can be measured as a saved PNG."""
+    if image.numel() == 0:
+        raise ValueError(f"the {name} image is empty ({'x'.join(str(int(v)) for v in image.shape)}): "
+                         "connect an image with pixels")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError(f"the {name} image holds NaN or infinite values: check the node that made it")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise ValueError(f"the {name} image holds values from {lo:g} to {hi:g}: images must be 0..1 "
+                         "(ComfyUI's IMAGE; divide 0..255 pixels by 255)")
+
+
+def ssim_defined(h: int, w: int) -> bool:
+    """SSIM needs both sides at least :data:`SSIM_WINDOW` pixels."""
+    return min(h, w) >= SSIM_WINDOW
 
 
 def region(image01: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,10 @@ def inception(weights_path: str, device="cpu"):
 
 
 def to_uint8_nchw(images01: torch.Tensor) -> torch.Tensor:
-    """ComfyUI ``[N, H, W, C]`` 0..1 images to ``[N, 3, H, W]`` uint8 (as a PNG holds them)."""
+    """ComfyUI ``[N, H, W, C]`` 0..1 images to ``[N, 3, H, W]`` uint8 (as a PNG holds them).
+    Raises ``ValueError`` on NaN or infinite values (they have no pixel value to measure)."""
+    if not bool(torch.isfinite(images01).all()):
+        raise ValueError("the images hold NaN or infinite values: check the node that made them")
     x = images01[..., :3].clamp(0, 1).mul(255).round().to(torch.uint8)
     if x.shape[-1] == 1:
         x = x.expand(*x.shape[:-1], 3)

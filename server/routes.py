@@ -65,6 +65,8 @@ def _errors(handler):
             return _not_found()
         except Invalid as e:
             return _json({"error": str(e)}, 400)
+        except OverflowError:   # a number too large for the database (sqlite3 refuses it before any query)
+            return _json({"error": "a number in the request is out of range"}, 400)
         except Duplicate as e:
             return _json({"error": str(e)}, 409)
         except web.HTTPRequestEntityTooLarge:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 SCORE_MIN, SCORE_MAX = 1, 5
+SQLITE_INT_MAX = 2 ** 63 - 1   # larger ids cannot be stored or looked up (sqlite3 raises OverflowError)
 ID_RE = re.compile(r"^[0-9a-f]{24}$")
 STUDY_RE = re.compile(r"^[0-9a-f]{12}$")
 
@@ -169,6 +170,8 @@ class RatingStore:
         taken in the study is refused: nobody can take over another rater's answers by typing their name."""
         if not STUDY_RE.match(sid or ""):
             raise NotFound
+        if name is not None and not isinstance(name, str):
+            raise Invalid("name: a text of 1 to 64 characters")
         name = (name or "").strip()
         if not 1 <= len(name) <= 64:
             raise Invalid("name: 1 to 64 characters")
@@ -251,15 +254,18 @@ class RatingStore:
         ``[instruction followed, rest kept]`` (integers 1-5); ``better`` is one of the item's edit ids
         or ``None`` for a tie. A resend with the same ``client_id`` is answered as saved."""
         rid, sid, _ = self.rater(token)
-        if isinstance(item_id, bool) or not isinstance(item_id, int):
+        if isinstance(item_id, bool) or not isinstance(item_id, int) or not 0 <= item_id <= SQLITE_INT_MAX:
             raise Invalid("item: an integer id")
         if client_id is not None and (not isinstance(client_id, str) or not 1 <= len(client_id) <= 64):
             raise Invalid("client_id: a string of 1 to 64 characters")
         if not isinstance(scores, dict):
             raise Invalid("scores: an object mapping each edit id to [instruction, rest kept]")
         with self._tx() as c:
-            if client_id and c.execute("SELECT 1 FROM answers WHERE rater_id=? AND client_id=?",
-                                       (rid, client_id)).fetchone():
+            sent = c.execute("SELECT item_id FROM answers WHERE rater_id=? AND client_id=?",
+                             (rid, client_id)).fetchone() if client_id else None
+            if sent is not None:
+                if sent[0] != item_id:   # a client_id names one answer: never report another item as saved
+                    raise Invalid(f"client_id: {client_id!r} was already used for another item; send a new client_id")
                 return {"saved": True, "resent": True}
             row = c.execute("SELECT study_id FROM items WHERE id=?", (item_id,)).fetchone()
             if row is None or row[0] != sid:

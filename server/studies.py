@@ -67,7 +67,7 @@ def items_from_run(run_folder: str | Path, methods: list[str] | None = None, dat
                    limit: int | None = None) -> list[NewItem]:
     """Items of a runner output folder: one per case that two or more of the methods edited
     successfully. ``data`` overrides the data set folder recorded in ``run.json`` (a moved data set)."""
-    from ..bench.dataset import load_cases
+    from ..bench.dataset import case_folders, load_cases
 
     root = Path(run_folder)
     try:
@@ -87,14 +87,17 @@ def items_from_run(run_folder: str | Path, methods: list[str] | None = None, dat
         cases = load_cases(mapping)
     except ValueError as e:
         raise Invalid(str(e)) from None
+    ids = [c.case_id for c in cases]
+    folders = {name: case_folders(root / "cases" / d, ids) for name, d in dirs.items()}
     items = []
     for case in cases:
         edits = []
         for name, d in dirs.items():
-            folder = root / "cases" / d / case.case_id.replace("/", "_")
+            folder = folders[name][case.case_id]
             try:
-                ok = json.loads((folder / "record.json").read_text()).get("status") == "ok"
-            except (OSError, ValueError):
+                rec = json.loads((folder / "record.json").read_text())
+                ok = rec.get("status") == "ok" and rec.get("case_id", case.case_id) == case.case_id
+            except (OSError, ValueError, AttributeError):
                 ok = False
             if ok and (folder / "edited.png").is_file():
                 edits.append((name, png_of_file(folder / "edited.png")))

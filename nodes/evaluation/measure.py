@@ -128,9 +128,17 @@ def evaluate(source: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor, tar
             continue
         a, b = km.region(edit01, region_mask), km.region(src01, region_mask)
         for metric in ("psnr", "mse", "ssim"):
+            if metric == "ssim" and not km.ssim_defined(h, w):
+                unavailable(f"ssim_{part}_part", f"SSIM needs images of at least {km.SSIM_WINDOW}x{km.SSIM_WINDOW} "
+                                                  f"pixels (its Gaussian window); this one is {w}x{h}")
+                continue
             res.values[f"{metric}_{part}_part"] = km.PIXEL_METRICS[metric](a, b)
         if lp is None:
             unavailable(f"lpips_{part}_part", loaded.errors["lpips"])
+        elif min(h, w) < models.LPIPS_MIN_SIZE.get(s.lpips_net, 0):
+            least = models.LPIPS_MIN_SIZE[s.lpips_net]
+            unavailable(f"lpips_{part}_part",
+                        f"LPIPS ({s.lpips_net}) needs images of at least {least} pixels a side; this one is {w}x{h}")
         else:
             res.values[f"lpips_{part}_part"] = models.lpips_distance(lp, a, b)
 
@@ -159,7 +167,16 @@ def evaluate(source: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor, tar
 
 
 def evaluate_batch(source, edited, mask, target_text="", source_text="", settings: Settings | None = None):
-    """Batch-aware: a batch of one is repeated to the largest batch; other sizes must agree."""
+    """Batch-aware: a batch of one is repeated to the largest batch; other sizes must agree.
+    Raises ``ValueError`` for inputs that cannot be measured (empty, NaN, not 0..1, wrong shape)."""
+    for name, image in (("source", source), ("edited", edited)):
+        if image.ndim != 4:
+            raise ValueError(f"the {name} image must be a [B, H, W, C] batch, not {list(image.shape)}")
+        km.check_pixels(image, name)
+    if mask.ndim == 4 and 1 in (mask.shape[1], mask.shape[-1]):  # [B, 1, H, W] or [B, H, W, 1]
+        mask = mask.squeeze(1) if mask.shape[1] == 1 else mask.squeeze(-1)
+    if mask.ndim not in (2, 3) or mask.numel() == 0:
+        raise ValueError(f"the mask must be [B, H, W] or [H, W] with pixels, not {list(mask.shape)}")
     sizes = {int(source.shape[0]), int(edited.shape[0]), int(mask.shape[0] if mask.ndim == 3 else 1)}
     n = max(sizes)
     if len(sizes - {1, n}):

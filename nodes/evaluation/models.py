@@ -10,12 +10,14 @@ downloaded).
 * CLIP: the user's CLIP vision model (CLIPVisionLoader) and CLIP-L text encoder (CLIPLoader);
   the score uses the projected embeddings of both towers.
 
-A missing file raises :class:`MissingModel`, whose message names the file and the folder; the
-caller reports that metric as not available and computes the others.
+A missing file raises :class:`MissingModel`, whose message names the file and the folder; so does a
+file that cannot be read as weights (truncated, corrupt). The caller reports that metric as not
+available and computes the others.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 
 import torch
@@ -33,6 +35,7 @@ LPIPS_BACKBONES = {  # lpips net name -> (torchvision architecture, torchvision'
     "alex": ("alexnet", "alexnet-owt-7be5be79.pth"),
     "vgg": ("vgg16", "vgg16-397923af.pth"),
 }
+LPIPS_MIN_SIZE = {"squeeze": 17, "alex": 31, "vgg": 16}  # smaller sides pool down to nothing in the backbone
 DINO_DEFAULT = "dino_vitbase8_pretrain.pth"
 
 
@@ -72,6 +75,22 @@ def _find(kind: str, wanted: str, prefix: str | None = None) -> str:
     return path
 
 
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover (ComfyUI ships safetensors)
+    _SafetensorError = OSError
+UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, _SafetensorError)
+
+
+def load_weights(path: str) -> dict:
+    """``comfy.utils.load_torch_file``; a file that cannot be read raises :class:`MissingModel` naming it."""
+    try:
+        return comfy.utils.load_torch_file(path, safe_load=True)
+    except UNREADABLE as e:
+        raise MissingModel(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                           "the file is truncated or corrupt; put a complete copy there") from None
+
+
 _cache: dict = {}
 _lock = threading.Lock()
 
@@ -94,7 +113,7 @@ def lpips_model(net: str = "squeeze"):
         import lpips
 
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-        load_lpips_backbone(model, comfy.utils.load_torch_file(path, safe_load=True))
+        load_lpips_backbone(model, load_weights(path))
         return model.eval().requires_grad_(False)
 
     return _cached(("lpips", path), build)
@@ -117,7 +136,7 @@ def load_lpips_backbone(model, tv_state: dict) -> None:
 
 def dino_model(name: str = DINO_DEFAULT) -> DinoViT:
     path = _find("dino", name)
-    return _cached(("dino", path), lambda: DinoViT(comfy.utils.load_torch_file(path, safe_load=True)))
+    return _cached(("dino", path), lambda: DinoViT(load_weights(path)))
 
 
 def lpips_distance(model, edit01: torch.Tensor, src01: torch.Tensor) -> float:

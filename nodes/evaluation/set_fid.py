@@ -94,11 +94,20 @@ class SetFID(io.ComfyNode):
                     raise NodeInputError(f"{NODE}: {name}_folder: {e}") from None
                 sets.append(lambda files=files: folders.batches(files))
             else:
-                sets.append(lambda batch=batch: folders.tensor_batches(set_fid.to_uint8_nchw(batch.cpu())))
+                try:
+                    images = set_fid.to_uint8_nchw(batch.cpu())
+                except ValueError as e:
+                    raise NodeInputError(f"{NODE}: '{name}': {e}") from None
+                sets.append(lambda images=images: folders.tensor_batches(images))
         path = inception_path(inception_model)
         device = models.device()
         model = set_fid.inception(path, device)
-        feats = [set_fid.features(model, make(), device) for make in sets]
+        feats = []
+        for name, make in zip(("edited", "reference"), sets):
+            try:  # a folder's image that cannot be read is named, not a PIL traceback
+                feats.append(set_fid.features(model, make(), device))
+            except ValueError as e:
+                raise NodeInputError(f"{NODE}: {name}: {e}") from None
         try:
             s = set_fid.score(*feats)
         except ValueError as e:
