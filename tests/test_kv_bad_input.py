@@ -233,3 +233,59 @@ def test_links_outside_the_input_folder_are_not_listed(tmp_path):
     assert _kv_files() == ["alias.bgkv.safetensors", "real.bgkv.safetensors"]
     with pytest.raises(NodeInputError, match=r"^LoadBackgroundKV: no record named 'escape"):
         LoadBackgroundKV.execute("escape.bgkv.safetensors", "keep", "cpu")
+
+
+# -- a probe of ordinary wiring (this round) ------------------------------------------------------
+
+def _with_area(c):
+    return [[t, {**opts, "area": (32, 48, 0, 0), "strength": 1.0}] for t, opts in c]
+
+
+def test_area_conditioning_is_refused_by_every_kv_edit_node(flux, record):
+    """ConditioningSetArea made the model see part of the tokens: an IndexError or 'the plan expects 24'."""
+    from comfy_extras.nodes_custom_sampler import BasicGuider, DisableNoise, SamplerCustomAdvanced
+
+    with pytest.raises(NodeInputError, match=r"^KVInvert: the source prompt has area conditioning"):
+        KVInvert.execute(flux, latent(), mask(), _with_area(cond()), 4, False, "fp32", "cpu")
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: the target prompt has area conditioning"):
+        KVEditSampler.execute(flux, record, _with_area(cond(5.5)), seed=0, skip_steps=1, reinit=False,
+                              attn_scale=1.0, mode="paper")
+    with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: the source prompt has area conditioning"):
+        KVEditInversionFree.execute(flux, latent(), mask(), _with_area(cond()), cond(5.5), 4, 1, 0, 1.0, "fp32")
+    sampler, sigmas = KVEditCustomSampler.execute(record, 1, False, 1.0, "paper").args
+    guider = BasicGuider.execute(flux, _with_area(cond(5.5))).args[0]
+    with pytest.raises(NodeInputError, match=r"^KVEditCustomSampler: the guider's prompt has area conditioning"):
+        SamplerCustomAdvanced.execute(DisableNoise.execute().args[0], guider, sampler, sigmas, latent())
+
+
+def test_a_combined_source_prompt_is_refused_by_the_inversions(flux):
+    """ConditioningCombine gave 'expected one model evaluation, saw 2' from KVInvert."""
+    both = cond() + tm.stub_conditioning("flux", "another photo", guidance=1.5)
+    with pytest.raises(NodeInputError, match=r"^KVInvert: the source prompt holds 2 conditionings"):
+        KVInvert.execute(flux, latent(), mask(), both, 4, False, "fp32", "cpu")
+    with pytest.raises(NodeInputError, match=r"^KVEditInversionFree: the source prompt holds 2 conditionings"):
+        KVEditInversionFree.execute(flux, latent(), mask(), both, cond(5.5), 4, 1, 0, 1.0, "fp32")
+
+
+def test_another_latent_than_the_inverted_one_is_refused(flux, record):
+    """Only its shape was checked: another image's latent was ignored silently (the tooltip says checked)."""
+    other = {"samples": latent()["samples"] + 0.5}
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: the latent is not the one KVInvert inverted"):
+        edit(flux, record, latent=other)
+    edit(flux, record, latent=latent())  # the inverted one is accepted
+
+
+def test_pixel_paste_keeps_the_edit_under_a_soft_mask():
+    """KVInvert edits wherever the mask is above 0; PixelPaste cut at 0.5 and pasted the source there."""
+    src, edt = torch.zeros(1, H, W, 3), torch.ones(1, H, W, 3)
+    out = KVEditPixelPaste.execute(src, edt, 0.5 * mask(), 0).args[0]
+    assert torch.equal(out[0][mask()[0] > 0], edt[0][mask()[0] > 0])
+    assert torch.equal(out[0][mask()[0] == 0], src[0][mask()[0] == 0])
+
+
+def test_a_partial_schedule_is_refused_by_the_inversion(flux):
+    from comfy_extras.nodes_custom_sampler import BasicScheduler
+
+    half = BasicScheduler.execute(flux, "simple", 4, 0.5).args[0]
+    with pytest.raises(NodeInputError, match=r"^KVInvert: SIGMAS start at .*denoise below 1.0"):
+        KVInvert.execute(flux, latent(), mask(), cond(), 4, False, "fp32", "cpu", sigmas=half)

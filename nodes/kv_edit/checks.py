@@ -58,6 +58,22 @@ def flux_model(model, node: str):
                              f"EasyCache node (KV-Edit already computes only the edited tokens)")
 
 
+def conditioning(node: str, cond, what: str, single: bool = False) -> None:
+    """KV-Edit computes every image token of the whole picture: an area (ConditioningSetArea) makes
+    the model see only part of them. Inversion follows one prompt: ConditioningCombine gives two."""
+    entries = [c for c in (cond or []) if isinstance(c, (list, tuple)) and len(c) > 1 and isinstance(c[1], dict)]
+    entries += [c for c in (cond or []) if isinstance(c, dict)]  # a guider's processed conds
+    for c in entries:
+        opts = c[1] if isinstance(c, (list, tuple)) else c
+        if opts.get("area") is not None:
+            raise NodeInputError(f"{node}: {what} has area conditioning (ConditioningSetArea), which KV-Edit cannot "
+                                 f"take: it computes the whole image's tokens; remove the area (the edit region "
+                                 f"is the mask)")
+    if single and len(entries) > 1:
+        raise NodeInputError(f"{node}: {what} holds {len(entries)} conditionings (ConditioningCombine?); the "
+                             f"inversion follows one prompt: connect a single text encoding")
+
+
 def fingerprint(model, node: str) -> str:
     try:
         return ke.model_fingerprint(model)
@@ -117,6 +133,10 @@ def sigmas(model, steps: int, sig, node: str) -> torch.Tensor:
     if s.numel() < 2 or not bool(torch.isfinite(s).all()) or float(s[-1]) != 0.0 or not bool((s[:-1] > s[1:]).all()):
         raise NodeInputError(f"{node}: SIGMAS must fall strictly and end at 0 (a full schedule from a "
                              f"scheduler node with denoise 1.0)")
+    top = float(model.get_model_object("model_sampling").sigma_max)
+    if float(s[0]) < top * (1 - 1e-4):
+        raise NodeInputError(f"{node}: SIGMAS start at {float(s[0]):.4g}, below the model's {top:.4g} (denoise "
+                             f"below 1.0?); KV-Edit inverts the whole way: give a full schedule with denoise 1.0")
     return s
 
 
@@ -186,6 +206,12 @@ def check_record(record: BackgroundRecord, node: str, model=None, skip: int | No
                              + ". Run KVInvert again for this edit, or use the matching inputs.")
     if latent is not None:
         finite_tensor(node, "the latent", latent["samples"], "encode the image again")
+        given, src = latent["samples"].detach().float().cpu(), record.source_latent.float()
+        if given.shape == src.shape and not torch.allclose(given, src, rtol=1e-5,
+                                                           atol=1e-5 * max(1.0, float(src.abs().max()))):
+            raise NodeInputError(f"{node}: the latent is not the one KVInvert inverted (the edit starts from the "
+                                 f"record and keeps its background, so another latent would be ignored); connect "
+                                 f"the LATENT that went into KVInvert, or run KVInvert on this one")
     if skip is not None and not 0 <= skip < record.steps:
         raise NodeInputError(f"{node}: skip_steps must be between 0 and {record.steps - 1} for a record of "
                              f"{record.steps} steps")

@@ -90,6 +90,7 @@ class KVInvert(io.ComfyNode):
             raise NodeInputError(f"{node}: mask_guided inversion depends on the mask, so its record cannot serve "
                                  f"other masks; turn mask_guided off or record only the background")
         x = ck.source(latent, node)
+        ck.conditioning(node, conditioning, "the source prompt", single=True)
         notes = []
         masks = ck.masks(mask, x, node, mask_resize, notes)
         s = ck.sigmas(model, steps, sigmas, node)
@@ -176,6 +177,7 @@ class KVEditSampler(io.ComfyNode):
         ck.choice(node, "mode", mode, MODES)
         ck.choice(node, "reinit_from", reinit_from, REINIT_FROM)
         attn_scale = ck.finite_number(node, "attn_scale", attn_scale)
+        ck.conditioning(node, conditioning, "the target prompt")
         rec = background_kv
         notes = []
         masks = ck.check_record(rec, node, model=model, skip=skip_steps, latent=latent, mask=mask, sig=sigmas,
@@ -239,6 +241,7 @@ class KVEditCustomSampler(io.ComfyNode):
                     raise NodeInputError(f"{node}: the guider's model or latent differ from the record: "
                                          + "; ".join(problems))
             ck.finite_tensor(node, "the latent", latent_image, "encode the image again")
+            ck.conditioning(node, (getattr(model_wrap, "conds", None) or {}).get("positive"), "the guider's prompt")
             if reinit:
                 ck.finite_tensor(node, "the noise", noise, "use another NOISE input")
             own = rec.sigmas[skip_steps:]
@@ -321,6 +324,8 @@ class KVEditInversionFree(io.ComfyNode):
         ck.choice(node, "storage", storage, STORAGE_CHOICES)
         attn_scale = ck.finite_number(node, "attn_scale", attn_scale)
         x = ck.source(latent, node)
+        ck.conditioning(node, source, "the source prompt", single=True)
+        ck.conditioning(node, target, "the target prompt")
         notes = []
         masks = ck.masks(mask, x, node, mask_resize, notes)
         s = ck.sigmas(model, steps, sigmas, node)
@@ -373,7 +378,8 @@ class KVEditPixelPaste(io.ComfyNode):
             msg = ck.mask_size_note(node, m.shape[-2:], source.shape[1:3], scale=1)
             notes.append(msg)
             m = F.interpolate(m.unsqueeze(1).float(), size=source.shape[1:3], mode="bilinear")[:, 0]
-        w = inner_feather(m, feather).unsqueeze(-1).to(edited.dtype)
+        # any value above 0 is edited, as KVInvert reads the mask (inner_feather's own cut is 0.5)
+        w = inner_feather((m > 0).float(), feather).unsqueeze(-1).to(edited.dtype)
         src = source.expand(B, *source.shape[1:])
         edt = edited.expand(B, *edited.shape[1:])
         c = min(src.shape[-1], edt.shape[-1])
