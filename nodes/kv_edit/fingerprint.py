@@ -118,4 +118,30 @@ def model_fingerprint(model, prefix: str = "diffusion_model.") -> str:
         h.update(f"P{key}".encode())
         for entry in patches[key]:
             _value(h, list(entry))
+    for part in computation_options(model):  # nothing for a model without them: older records still match
+        h.update(f"O{part}".encode())
     return h.hexdigest()[:16]
+
+
+def _callable_name(f) -> str:
+    f = getattr(f, "__func__", f)
+    name = getattr(f, "__qualname__", None) or type(f).__qualname__
+    return f"{getattr(f, '__module__', None) or type(f).__module__}.{name}"
+
+
+def computation_options(model) -> list[str]:
+    """The model_options that change what the diffusion model computes, by name: attention and block
+    patches, block replacements and an attention override (another pack's, added after an inversion,
+    would make the recorded keys/values those of another computation)."""
+    to = (getattr(model, "model_options", {}) or {}).get("transformer_options", {}) or {}
+    out = []
+    for key in ("patches", "patches_replace"):
+        for k in sorted(to.get(key) or {}, key=str):
+            v = to[key][k]
+            if isinstance(v, dict):
+                out += [f"{key}/{k}/{kk}={_callable_name(v[kk])}" for kk in sorted(v, key=str)]
+            else:
+                out.append(f"{key}/{k}=" + ",".join(_callable_name(f) for f in (v or [])))
+    if to.get("optimized_attention_override") is not None:
+        out.append(f"attention_override={_callable_name(to['optimized_attention_override'])}")
+    return out
