@@ -41,7 +41,7 @@ RELATIONS = ("above", "below", "left_of", "right_of", "next_to")
 IMAGE_EQUIVALENT = {"above": "top_half", "below": "bottom_half", "left_of": "left_half", "right_of": "right_half",
                     "next_to": None}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
-_TOKEN = re.compile(r"-?\d+(?:[.,]\d+)?|[^\W\d_]+|[%,.;!?]")
+_TOKEN = re.compile(r"(?:(?<![^\W_])-)?\d+(?:[.,]\d+)?|[^\W\d_]+|[%,.;!?]")  # a sign only after a space
 _HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")  # "bottom-right" reads as "bottom right"
 
 
@@ -75,7 +75,8 @@ class Table:
     amount_words: dict = field(default_factory=dict)
     fillers: list = field(default_factory=list)
     locatives: list = field(default_factory=list)
-    leading_attributes: set = field(default_factory=set)  # attributes that precede their noun (English)
+    leading_attributes: set = field(default_factory=set)  # words that end an object phrase after its noun
+    attribute_words: set = field(default_factory=set)     # the detail table's attributes (sizes, colours...)
     direct_relation: bool = False
 
 
@@ -119,8 +120,8 @@ def load_table(language: str) -> Table:
     t.amount_words = {_words(k): float(v) for k, v in raw.get("amount_words", {}).items()}
     t.fillers = _phrases(raw.get("move_fillers", []))
     t.locatives = _phrases(raw.get("move_locatives", []))
-    if raw.get("attributes_before_noun"):
-        t.leading_attributes = {w for p in raw.get("detail", {}).get("attributes", []) for w in _words(p)}
+    t.leading_attributes = {w for p in raw.get("edit_words_after_object", []) for w in _words(p)}
+    t.attribute_words = {w for p in raw.get("detail", {}).get("attributes", []) for w in _words(p)}
     t.direct_relation = bool(raw.get("direct_relation", False))
     return t
 
@@ -188,7 +189,7 @@ class _Tokens:
             for k in order:
                 if self.used[k]:
                     continue
-                if (self.words[k],) in dangling or not self.words[k][0].isalnum():
+                if (self.words[k],) in dangling or not self.words[k].lstrip("-")[:1].isalnum():
                     self.used[k] = True
                     continue
                 break
@@ -227,8 +228,8 @@ def _find(tokens: _Tokens, table: dict) -> list[tuple[int, int, object]]:
 
 def _object_phrase_end(tokens: _Tokens, j: int, t: Table) -> int:
     """End of the object's noun phrase that starts at token ``j`` (articles, then words up to a stop
-    word, a punctuation mark or the end; in languages whose attributes come before the noun, also
-    up to an attribute after the noun)."""
+    word, a punctuation mark or the end; in English also up to a colour after the noun: "next to the
+    plate blue", while "next to the street light" keeps its compound noun)."""
     attrs = t.leading_attributes
     k, noun = j, False
     while k < len(tokens.words):
@@ -236,8 +237,8 @@ def _object_phrase_end(tokens: _Tokens, j: int, t: Table) -> int:
             break
         w = tokens.words[k]
         if noun and w in attrs:
-            break  # "next to the plate blue": the attribute after the noun is the edit, not the object
-        noun = noun or (w not in attrs and w not in t.articles)
+            break  # "next to the plate blue": a colour after the noun is the edit, not the object
+        noun = noun or (w not in t.attribute_words and w not in t.articles)  # "the big red plate": no noun yet
         k += 1
     return k
 
@@ -404,7 +405,8 @@ def _parse_region(tokens: _Tokens, t: Table, object_box) -> Parsed:
 
 def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Parsed | None:
     def located(a):  # "the star on the left": a place describing the object, not where it goes
-        return tokens.ends_with_any(a, t.locatives) is not None
+        p = tokens.ends_with_any(a, t.locatives)  # ("move it at the top": right after the pronoun, it is)
+        return p is not None and tokens.ends_with_any(a - len(p), t.fillers) is None
 
     places = _find(tokens, t.regions)
     inside = [(a, b) for a, b, spec in places if located(a) and b - a > 1]
@@ -439,7 +441,10 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
     k = 0
     while k < len(tokens.words):
         w = tokens.words[k]
-        if re.fullmatch(r"-?\d+(?:[.,]\d+)?", w) and not tokens.used[k]:
+        start = tokens.spans[k][0]
+        glued = start > 0 and (tokens.text[start - 1].isalpha() or
+                               (tokens.text[start - 1] == "-" and start > 1 and tokens.text[start - 2].isalpha()))
+        if re.fullmatch(r"-?\d+(?:[.,]\d+)?", w) and not tokens.used[k] and not glued:
             u = tokens.match_any(k + 1, sorted(t.units, key=len, reverse=True))
             bare = u is None and any(a == k + 1 or b == k for a, b, _ in dirs)
             if u or bare:

@@ -289,6 +289,9 @@ def test_a_partial_schedule_is_refused_by_the_inversion(flux):
     half = BasicScheduler.execute(flux, "simple", 4, 0.5).args[0]
     with pytest.raises(NodeInputError, match=r"^KVInvert: SIGMAS start at .*denoise below 1.0"):
         KVInvert.execute(flux, latent(), mask(), cond(), 4, False, "fp32", "cpu", sigmas=half)
+    ddim = BasicScheduler.execute(flux, "ddim_uniform", 4, 1.0).args[0]  # a full schedule starting at 0.90
+    assert float(ddim[0]) < 0.95
+    KVInvert.execute(flux, latent(), mask(), cond(), 4, False, "fp32", "cpu", sigmas=ddim)
 
 
 def _double_block_replace(args, extra):

@@ -346,3 +346,18 @@ def test_a_move_verb_with_a_place_that_describes_the_object_is_a_region(text, re
 def test_a_move_to_a_place_relative_to_another_object_is_refused_with_the_fix():
     with pytest.raises(S.SpatialError, match="relative to another object.*move it 20% to the left"):
         S.parse("move it to the left of the tree", "en", object_box=OBJ)
+
+
+@pytest.mark.parametrize("text,kind,offset,rest", [
+    ("move the f-16 right", "move", (0.25, 0.0), "f-16"),          # a number glued to a name is no amount
+    ("move the b-52 to the right", "move", (0.25, 0.0), "b-52"),
+    ("add a mask for covid-19 in the top left corner", "region", (0.0, 0.0), "add a mask for covid-19"),
+    ("make the temperature -5 on the left", "region", (0.0, 0.0), "make the temperature -5"),
+    ("add a lamp next to the street light", "region", (0.0, 0.0), "add a lamp"),  # compound nouns stay whole
+    ("add a bird next to the wine glass", "region", (0.0, 0.0), "add a bird"),
+    ("move it on the right", "move", (0.25, 0.0), "it"),           # right after the pronoun: where it goes
+])
+def test_names_with_numbers_compound_nouns_and_pronoun_places_read_as_before(text, kind, offset, rest):
+    """What a review found the first versions of this round's parser fixes broke."""
+    p = S.parse(text, "en", object_box=OBJ)
+    assert (p.kind, p.text) == (kind, rest) and p.offset == pytest.approx(offset), p.describe()
