@@ -131,8 +131,9 @@ def _callable_name(f) -> str:
 
 def computation_options(model) -> list[str]:
     """The model_options that change what the diffusion model computes, by name: attention and block
-    patches, block replacements and an attention override (another pack's, added after an inversion,
-    would make the recorded keys/values those of another computation)."""
+    patches and block replacements (another pack's, added after an inversion, would make the recorded
+    keys/values those of another computation). An attention override is left out: packs use it to swap
+    the attention kernel (the same computation) or to observe, and the pack's own tests spy through it."""
     to = (getattr(model, "model_options", {}) or {}).get("transformer_options", {}) or {}
     out = []
     for key in ("patches", "patches_replace"):
@@ -142,6 +143,4 @@ def computation_options(model) -> list[str]:
                 out += [f"{key}/{k}/{kk}={_callable_name(v[kk])}" for kk in sorted(v, key=str)]
             else:
                 out.append(f"{key}/{k}=" + ",".join(_callable_name(f) for f in (v or [])))
-    if to.get("optimized_attention_override") is not None:
-        out.append(f"attention_override={_callable_name(to['optimized_attention_override'])}")
     return out
