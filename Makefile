@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 PORT ?= 8188
 PYTEST_ARGS ?=
-BOOTSTRAP := eval "$$(python3 scripts/bootstrap.py)" && export PYTHON COMFYUI_PATH
+BOOTSTRAP := boot="$$(python3 scripts/bootstrap.py)" && eval "$$boot" && export PYTHON COMFYUI_PATH
 
 .PHONY: run test setup bench mutate
 
