@@ -258,3 +258,12 @@ def test_client_id_reused_for_another_item_is_refused(study):
     with pytest.raises(Invalid, match="client_id"):
         store.save_answer(token, second["id"], scores(second), None, "c1")
     assert store.rater_view(token)["done"] == 1
+
+
+def test_a_dino_file_of_another_network_makes_only_its_metric_unavailable(model_dirs):
+    """It stopped the whole EditMetrics node; now it is n/a like a missing file, with the reason."""
+    torch.save({"backbone.cls_token": torch.zeros(1, 1, 64)}, model_dirs["dino"] / models.DINO_DEFAULT)
+    src, edit, mask = _images()
+    (row,) = _metrics(src, edit, mask)
+    assert row["metrics"]["structure_distance"] is None and row["metrics"]["psnr_edit_part"] is not None
+    assert any("not a DINO ViT checkpoint" in n and models.DINO_DEFAULT in n for n in row["notes"]), row["notes"]

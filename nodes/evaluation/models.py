@@ -136,7 +136,14 @@ def load_lpips_backbone(model, tv_state: dict) -> None:
 
 def dino_model(name: str = DINO_DEFAULT) -> DinoViT:
     path = _find("dino", name)
-    return _cached(("dino", path), lambda: DinoViT(load_weights(path)))
+
+    def build():
+        try:
+            return DinoViT(load_weights(path))
+        except ValueError as e:  # another network's file: this metric is n/a, the others still run
+            raise MissingModel(f"{path}: {e}; put DINO's own {DINO_DEFAULT} in models/dino") from None
+
+    return _cached(("dino", path), build)
 
 
 def lpips_distance(model, edit01: torch.Tensor, src01: torch.Tensor) -> float:
