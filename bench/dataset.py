@@ -128,11 +128,24 @@ def case_dir_name(case_id: str) -> str:
     return f"{safe}~{hashlib.sha256(case_id.encode()).hexdigest()[:10]}"
 
 
-def _record_case(folder: Path) -> str | None:
+def read_record(folder: Path) -> dict | None:
+    """A case folder's ``record.json`` (the runner's row for it), or None when it is missing or unreadable."""
     try:
-        return json.loads((folder / "record.json").read_text()).get("case_id")
-    except (OSError, ValueError, AttributeError):
+        rec = json.loads((Path(folder) / "record.json").read_text())
+    except (OSError, ValueError):
         return None
+    return rec if isinstance(rec, dict) else None
+
+
+def record_case_id(folder: Path):
+    """The case id a case folder's record names (folder names are not always the id: :func:`case_dir_name`)."""
+    return (read_record(folder) or {}).get("case_id")
+
+
+def record_ok(folder: Path, case_id: str) -> bool:
+    """The folder holds a successful edit of ``case_id`` (a record without an id counts as this case's)."""
+    rec = read_record(folder)
+    return rec is not None and rec.get("status") == "ok" and rec.get("case_id", case_id) == case_id
 
 
 def case_folders(method_root: Path, case_ids: list[str]) -> dict[str, Path]:
@@ -145,7 +158,7 @@ def case_folders(method_root: Path, case_ids: list[str]) -> dict[str, Path]:
     for cid, name in names.items():
         legacy = cid.replace("/", "_")
         if (legacy != name and legacy not in taken and legacy not in (".", "..") and "\0" not in legacy
-                and _record_case(method_root / legacy) == cid):
+                and record_case_id(method_root / legacy) == cid):
             name = legacy
         out[cid] = method_root / name
     return out

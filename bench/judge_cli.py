@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import lmm_score as lmm
 from . import set_fid as fid
-from .dataset import load_cases
+from .dataset import load_cases, record_case_id
 
 
 def _fid(args) -> int:
@@ -34,14 +34,6 @@ def _fid(args) -> int:
     for w in s.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
-
-
-def _record_case_id(folder: Path) -> str:
-    """The case id its record.json holds (folder names are not always the id: ``dataset.case_dir_name``)."""
-    try:
-        return str(json.loads((folder / "record.json").read_text())["case_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return folder.name
 
 
 def _lmm(args) -> int:
@@ -62,7 +54,8 @@ def _lmm(args) -> int:
         return 2
     rows = []
     for png, method in tqdm(todo, unit="case"):
-        case_id = _record_case_id(png.parent)
+        recorded = record_case_id(png.parent)
+        case_id = png.parent.name if recorded is None else str(recorded)
         case = cases.get(case_id)
         row = {"case_id": case_id, "method": method, "score": "", **{a: "" for a in lmm.ASPECTS}}
         if case is None or not case.editing_instruction:

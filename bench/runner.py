@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .client import ServerError
-from .dataset import Case, case_folders, case_inputs, mask_png, rgba_with_mask
+from .dataset import Case, case_folders, case_inputs, mask_png, record_ok, rgba_with_mask
 from .method import MetricSettings, Method, execute_case
 from .report import write_reports
 
@@ -56,14 +56,6 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
-
-
-def _done(path: Path, case_id: str) -> bool:
-    try:
-        rec = json.loads(path.read_text())
-        return rec.get("status") == "ok" and rec.get("case_id", case_id) == case_id
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 @dataclass
@@ -139,7 +131,7 @@ def run(cfg: RunConfig, cases: list[Case]) -> dict:
     for case in cases:  # case-major: methods side by side on the same case
         for m in cfg.methods:
             folder = folders[m.name][case.case_id]
-            if _done(folder / "record.json", case.case_id):
+            if record_ok(folder, case.case_id):
                 skipped += 1
                 continue
             jobs.append(Job(case, m, folder))

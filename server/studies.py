@@ -67,7 +67,7 @@ def items_from_run(run_folder: str | Path, methods: list[str] | None = None, dat
                    limit: int | None = None) -> list[NewItem]:
     """Items of a runner output folder: one per case that two or more of the methods edited
     successfully. ``data`` overrides the data set folder recorded in ``run.json`` (a moved data set)."""
-    from ..bench.dataset import case_folders, load_cases
+    from ..bench.dataset import case_folders, load_cases, record_ok
 
     root = Path(run_folder)
     try:
@@ -94,12 +94,7 @@ def items_from_run(run_folder: str | Path, methods: list[str] | None = None, dat
         edits = []
         for name, d in dirs.items():
             folder = folders[name][case.case_id]
-            try:
-                rec = json.loads((folder / "record.json").read_text())
-                ok = rec.get("status") == "ok" and rec.get("case_id", case.case_id) == case.case_id
-            except (OSError, ValueError, AttributeError):
-                ok = False
-            if ok and (folder / "edited.png").is_file():
+            if record_ok(folder, case.case_id) and (folder / "edited.png").is_file():
                 edits.append((name, png_of_file(folder / "edited.png")))
         if len(edits) < 2 or case.error:
             continue
