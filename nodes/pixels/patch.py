@@ -209,27 +209,18 @@ def surgery(model, source, change_map, exemplars, vae=None, curve="linear", powe
         if ex_hw is None:
             raise NodeInputError(f"{NODE}: exemplar_{k} must be an IMAGE or a LATENT")
         ex_hw = tuple(int(v) for v in ex_hw)
-        if len(set(boxes)) == 1:  # the usual case: the same region for every image
-            p = K.placement(ex_hw, boxes[0].hw, mode)
+        placed = torch.zeros_like(S, dtype=torch.float32)
+        where = torch.zeros_like(r)
+        for box in dict.fromkeys(b for b in boxes if b is not None):  # usually one box for the whole batch
+            rows = [i for i, b in enumerate(boxes) if b == box]
+            p = K.placement(ex_hw, box.hw, mode)
             patch = _exemplar_latent(ex, p, vae, ds, S, k).to(S.device)
-            placed, cover = K.paste(torch.zeros_like(S, dtype=torch.float32), patch, boxes[0], p)
-            where = r & cover.unsqueeze(0)
-        else:
-            rows, wheres = [], []
-            for b, box in enumerate(boxes):
-                blank = torch.zeros_like(S[b:b + 1], dtype=torch.float32)
-                if box is None:
-                    notes.append(note(NODE, f"region_{k} selects nothing in image {b + 1} of the batch; "
-                                            f"exemplar_{k} is not placed there"))
-                    rows.append(blank)
-                    wheres.append(torch.zeros_like(r[b:b + 1]))
-                    continue
-                p = K.placement(ex_hw, box.hw, mode)
-                patch = _exemplar_latent(ex, p, vae, ds, S, k).to(S.device)
-                row, cover = K.paste(blank, patch[b:b + 1], box, p)
-                rows.append(row)
-                wheres.append(r[b:b + 1] & cover.unsqueeze(0))
-            placed, where = torch.cat(rows), torch.cat(wheres)
+            one, cover = K.paste(placed, patch, box, p)
+            placed[rows], where[rows] = one[rows], r[rows] & cover
+        for i, box in enumerate(boxes):
+            if box is None:
+                notes.append(note(NODE, f"region_{k} selects nothing in image {i + 1} of the batch; "
+                                        f"exemplar_{k} is not placed there"))
         layers.append((placed, where))
         used.append(k)
     start, written = K.composite_start(S, layers, C)
