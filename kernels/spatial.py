@@ -72,6 +72,9 @@ class Table:
     move_verbs: list = field(default_factory=list)
     directions: dict = field(default_factory=dict)
     units: dict = field(default_factory=dict)
+    numbers: dict = field(default_factory=dict)       # number words: "ten" -> 10
+    multipliers: dict = field(default_factory=dict)   # "hundred" -> 100 ("mươi" -> 10)
+    number_joiners: set = field(default_factory=set)  # words inside a number ("two hundred and five")
     amount_words: dict = field(default_factory=dict)
     fillers: list = field(default_factory=list)
     locatives: list = field(default_factory=list)
@@ -117,6 +120,10 @@ def load_table(language: str) -> Table:
     t.move_verbs = _phrases(raw.get("move_verbs", []))
     t.directions = {_words(k): v for k, v in raw.get("directions", {}).items()}
     t.units = {_words(k): v for k, v in raw.get("amount_units", {}).items()}
+    nw = raw.get("number_words", {})
+    t.numbers = {w: float(v) for k, v in nw.get("values", {}).items() for w in _words(k)}
+    t.multipliers = {w: float(v) for k, v in nw.get("multipliers", {}).items() for w in _words(k)}
+    t.number_joiners = {w for p in nw.get("joiners", []) for w in _words(p)}
     t.amount_words = {_words(k): float(v) for k, v in raw.get("amount_words", {}).items()}
     t.fillers = _phrases(raw.get("move_fillers", []))
     t.locatives = _phrases(raw.get("move_locatives", []))
@@ -241,6 +248,33 @@ def _object_phrase_end(tokens: _Tokens, j: int, t: Table) -> int:
         noun = noun or (w not in t.attribute_words and w not in t.articles)  # "the big red plate": no noun yet
         k += 1
     return k
+
+
+def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None:
+    """A number written in words from token ``k`` ("ten", "twenty five", "two hundred and fifty",
+    "hai mươi lăm"): (value, tokens taken), or None. A multiplier scales the words since the last
+    larger one ("một trăm hai mươi lăm" = 1 x 100 + 2 x 10 + 5)."""
+    total, group, n, last = 0.0, 0.0, 0, 0
+    for j in range(k, len(tokens.words)):
+        w = tokens.words[j]
+        if tokens.used[j]:
+            break
+        if w in t.numbers:
+            group += t.numbers[w]
+        elif w in t.multipliers:
+            m = t.multipliers[w]
+            if m >= 100:
+                total, group = total + max(group, 1.0) * m, 0.0
+            else:
+                group = max(group, 1.0) * m
+        elif w in t.number_joiners and n:
+            n += 1
+            continue
+        else:
+            break
+        n += 1
+        last = n
+    return (total + group, last) if last else None
 
 
 def _starts_object(tokens: _Tokens, j: int, t: Table) -> bool:
@@ -444,12 +478,17 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
         start = tokens.spans[k][0]
         glued = start > 0 and (tokens.text[start - 1].isalpha() or
                                (tokens.text[start - 1] == "-" and start > 1 and tokens.text[start - 2].isalpha()))
-        if re.fullmatch(r"-?\d+(?:[.,]\d+)?", w) and not tokens.used[k] and not glued:
-            u = tokens.match_any(k + 1, sorted(t.units, key=len, reverse=True))
-            bare = u is None and any(a == k + 1 or b == k for a, b, _ in dirs)
+        digits = re.fullmatch(r"-?\d+(?:[.,]\d+)?", w) and not glued
+        # a number in words counts only before a unit ("ten percent"; "the three cats" is no amount)
+        spelled = None if digits or tokens.used[k] or glued else _number_words(tokens, k, t)
+        if (digits or spelled) and not tokens.used[k]:
+            size = spelled[1] if spelled else 1
+            u = tokens.match_any(k + size, sorted(t.units, key=len, reverse=True))
+            bare = not spelled and u is None and any(a == k + 1 or b == k for a, b, _ in dirs)
             if u or bare:
-                n = 1 + (len(u) if u else 0)
-                amounts.append((k, float(w.replace(",", ".")), t.units[u] if u else "percent"))
+                n = size + (len(u) if u else 0)
+                value = spelled[0] if spelled else float(w.replace(",", "."))
+                amounts.append((k, value, t.units[u] if u else "percent"))
                 phrases.append(" ".join(tokens.words[k:k + n]))
                 if bare:
                     notes.append(f"'{w}' has no unit: read as {w}% of the image")

@@ -361,3 +361,21 @@ def test_names_with_numbers_compound_nouns_and_pronoun_places_read_as_before(tex
     """What a review found the first versions of this round's parser fixes broke."""
     p = S.parse(text, "en", object_box=OBJ)
     assert (p.kind, p.text) == (kind, rest) and p.offset == pytest.approx(offset), p.describe()
+
+
+@pytest.mark.parametrize("text,lang,offset,rest", [
+    ("move it ten percent left", "en", (-0.1, 0.0), ""),
+    ("move the cat twenty-five percent to the right", "en", (0.25, 0.0), "cat"),
+    ("move it left by ten percent and down five percent", "en", (-0.1, 0.05), "it"),
+    ("move it two hundred and fifty pixels down", "en", (0.0, 2.5), ""),
+    ("move the cat one hundred percent right", "en", (1.0, 0.0), "cat"),
+    ("move the three cats left", "en", (-0.25, 0.0), "three cats"),   # no unit after a number word: no amount
+    ("move the one on the left twenty % up", "en", (0.0, -0.2), "one on the left"),
+    ("di chuyển nó sang phải hai mươi lăm phần trăm", "vi", (0.25, 0.0), "nó"),
+    ("di chuyển nó xuống một trăm linh năm điểm ảnh", "vi", (0.0, 1.05), "nó"),
+])
+def test_amounts_written_in_words(text, lang, offset, rest):
+    """"ten percent" moved by the default 25 % and left "ten percent" in the instruction."""
+    p = S.parse(text, lang, image_size=(200, 100))
+    assert (p.kind, p.text) == ("move", rest) and p.offset == pytest.approx(offset), p.describe()
+    assert not any("no amount" in n for n in p.notes) or rest == "three cats"
