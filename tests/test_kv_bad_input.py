@@ -298,6 +298,27 @@ def _double_block_replace(args, extra):
     return extra["original_block"](args)
 
 
+def _scaled_block_replace(scale):
+    def replace(args, extra):
+        out = extra["original_block"](args)
+        return {**out, "img": out["img"] * scale}
+    return replace
+
+
+def test_one_block_replacement_function_at_another_strength_is_refused(flux):
+    """The fingerprint named a patch function only: the same function made at another strength (a
+    closure, as most nodes build their patches) passed the record check and changed the edit."""
+    def patched(scale):
+        m = flux.clone()
+        m.set_model_patch_replace(_scaled_block_replace(scale), "dit", "double_block", 0)
+        return m
+
+    record = KVInvert.execute(patched(1.0), latent(), mask(), cond(), 4, False, "fp32", "cpu").args[0]
+    edit(patched(1.0), record)  # the same strength: accepted
+    with pytest.raises(NodeInputError, match=r"^KVEditSampler: this background record was made for another model"):
+        edit(patched(0.5), record)
+
+
 def test_block_replacements_added_after_inversion_are_refused(flux, record):
     """They passed the record check and changed the edit (the fingerprint held weights and weight patches).
     An attention override stays accepted (kernel swaps and observers: see test_kv_edit_trajectory)."""

@@ -137,6 +137,43 @@ def thin_stroke():
     return m
 
 
+class _ScalePatch:
+    def __init__(self, scale, model=None):
+        self.scale, self.model = scale, model
+
+    def __call__(self, args, extra):
+        return extra["original_block"](args)
+
+    def bound(self, args, extra):
+        return extra["original_block"](args)
+
+
+def _keep(args, extra, scale=1.0):
+    return extra["original_block"](args)
+
+
+def test_patch_state_tells_strengths_apart_and_never_walks_a_model(flux):
+    """What a patch function carries (closure, partial arguments, callable object or bound method's
+    attributes, a tensor) changes the computation option's id; a model it holds counts by type."""
+    import functools
+
+    from precise_edit.nodes.kv_edit.fingerprint import _callable_id
+
+    def ids(*fs):
+        return [_callable_id(f) for f in fs]
+
+    a, b = ids(functools.partial(_keep, scale=1.0), functools.partial(_keep, scale=0.5))
+    assert a != b and a == _callable_id(functools.partial(_keep, scale=1.0))
+    assert len(set(ids(_ScalePatch(1.0), _ScalePatch(0.5), _ScalePatch(1.0).bound, _ScalePatch(0.5).bound))) == 4
+    t = torch.zeros(8)
+    before = _callable_id(_ScalePatch(t))
+    t[3] = 1.0
+    assert _callable_id(_ScalePatch(t)) != before  # tensors by sample
+    # a model held by the patch: by type only (never walked; its weights are the fingerprint's own part)
+    assert _callable_id(_ScalePatch(1.0, flux)) == _callable_id(_ScalePatch(1.0, flux.clone()))
+    assert _callable_id(_ScalePatch(1.0, flux.model)) == _callable_id(_ScalePatch(1.0, flux.model))
+
+
 def test_bilinear_record_accepts_its_own_mask_and_keeps_the_mode(flux, tmp_path):
     mask = thin_stroke()
     from precise_edit.kernels.token_mask import latent_pixel_mask

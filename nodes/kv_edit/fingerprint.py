@@ -9,7 +9,10 @@ fingerprint covers
   ``SAMPLES`` elements (first element, then evenly spaced), read as raw bytes;
 * every patch (LoRAs, ModelMergeSimple, ...): the patched key, strengths, offset and
   function, and a strided sample of every tensor the patch holds (a LoRA's up/down
-  matrices, a merge's second model weight, ...).
+  matrices, a merge's second model weight, ...);
+* the attention and block patches and block replacements in ``transformer_options``: each
+  function's name and what it carries (closure values, defaults, a callable object's plain
+  attributes; see ``_state``), so one patch function at two strengths differs.
 
 ComfyUI writes patches into the weights in place while a model is loaded and keeps the
 originals in the patcher's ``backup`` (shared by all clones of one model); the base weights
@@ -21,8 +24,10 @@ silently falls back to a weaker one.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import types
 
 import torch
 
@@ -129,6 +134,61 @@ def _callable_name(f) -> str:
     return f"{getattr(f, '__module__', None) or type(f).__module__}.{name}"
 
 
+_STATE_DEPTH, _STATE_ITEMS = 4, 256
+
+
+def _state(h, obj, depth: int = 0) -> None:
+    """What a patch function carries beside its name: closure values, default arguments, a bound
+    method's or callable object's attributes, a partial's arguments (one function at two strengths
+    hashed alike by name). Numbers, strings and tensors (by sample) count; a module, a model or any
+    other object counts by its type only (never walked, never an error: the name was all before)."""
+    if depth > _STATE_DEPTH:
+        h.update(b"...")
+        return
+    if isinstance(obj, torch.Tensor):
+        _tensor(h, obj)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(repr(obj).encode())
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else list(obj)
+        h.update(f"[{len(items)}".encode())
+        for item in items[:_STATE_ITEMS]:
+            _state(h, item, depth + 1)
+    elif isinstance(obj, dict):
+        h.update(f"{{{len(obj)}".encode())
+        for key in sorted(obj, key=repr)[:_STATE_ITEMS]:
+            h.update(repr(key).encode())
+            _state(h, obj[key], depth + 1)
+    elif isinstance(obj, functools.partial):
+        h.update(b"partial")
+        _state(h, (obj.func, obj.args, obj.keywords), depth + 1)
+    elif isinstance(obj, types.MethodType):
+        h.update(_callable_name(obj).encode())
+        _state(h, obj.__self__, depth + 1)
+    elif isinstance(obj, types.FunctionType):
+        h.update(_callable_name(obj).encode())
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                cells.append(None)
+        _state(h, (cells, obj.__defaults__, obj.__kwdefaults__), depth + 1)
+    elif isinstance(obj, torch.nn.Module) or not hasattr(obj, "__dict__") or \
+            type(obj).__module__.split(".")[0] == "comfy":  # models, patchers: by type
+        h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
+    else:  # a callable object (another pack's patch class): its plain attributes
+        h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
+        _state(h, {k: v for k, v in vars(obj).items() if not k.startswith("_")}, depth + 1)
+
+
+def _callable_id(f) -> str:
+    """The function's name and a digest of what it carries (``_state``)."""
+    h = hashlib.sha256()
+    _state(h, f)
+    return f"{_callable_name(f)}#{h.hexdigest()[:12]}"
+
+
 def computation_options(model) -> list[str]:
     """The model_options that change what the diffusion model computes, by name: attention and block
     patches and block replacements (another pack's, added after an inversion, would make the recorded
@@ -140,7 +200,7 @@ def computation_options(model) -> list[str]:
         for k in sorted(to.get(key) or {}, key=str):
             v = to[key][k]
             if isinstance(v, dict):
-                out += [f"{key}/{k}/{kk}={_callable_name(v[kk])}" for kk in sorted(v, key=str)]
+                out += [f"{key}/{k}/{kk}={_callable_id(v[kk])}" for kk in sorted(v, key=str)]
             else:
-                out.append(f"{key}/{k}=" + ",".join(_callable_name(f) for f in (v or [])))
+                out.append(f"{key}/{k}=" + ",".join(_callable_id(f) for f in (v or [])))
     return out
