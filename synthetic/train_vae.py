@@ -146,10 +146,11 @@ def _stage(enc, dec, params, steps, batch_size, crop, lr, seed, label, t0, size)
 
 # Per file: both VAEs use the block recipe; the first one (``plain``: no blocks, width 24, 32-pixel
 # crops) stays selectable for comparison. Image size per file: vae16 was trained on 128-pixel renders
-# (the diffusion models now use 192; scenes.VAE16_SIZE), vae4 on the SD side's (scenes.UNET_SIZE).
+# (the diffusion models now use 192; scenes.VAE16_SIZE), vae4 on 128-pixel ones too (scenes.VAE4_SIZE; the
+# UNets use 192, scenes.UNET_SIZE).
 RECIPES = {"plain": {"width": 24, "blocks": False, "crop": 32}, "blocks": {"width": 32, "blocks": True, "crop": 48}}
 DEFAULT_RECIPE = {"vae16": "blocks", "vae4": "blocks"}
-IMAGE_SIZE = {"vae16": scenes.VAE16_SIZE, "vae4": scenes.UNET_SIZE}
+IMAGE_SIZE = {"vae16": scenes.VAE16_SIZE, "vae4": scenes.VAE4_SIZE}
 
 
 def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: float = 2e-3, force: bool = False,
