@@ -478,10 +478,11 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
         start = tokens.spans[k][0]
         glued = start > 0 and (tokens.text[start - 1].isalpha() or
                                (tokens.text[start - 1] == "-" and start > 1 and tokens.text[start - 2].isalpha()))
-        digits = re.fullmatch(r"-?\d+(?:[.,]\d+)?", w) and not glued
+        free = not tokens.used[k] and not glued
+        digits = free and re.fullmatch(r"-?\d+(?:[.,]\d+)?", w)
         # a number in words counts only before a unit ("ten percent"; "the three cats" is no amount)
-        spelled = None if digits or tokens.used[k] or glued else _number_words(tokens, k, t)
-        if (digits or spelled) and not tokens.used[k]:
+        spelled = _number_words(tokens, k, t) if free and not digits else None
+        if digits or spelled:
             size = spelled[1] if spelled else 1
             u = tokens.match_any(k + size, sorted(t.units, key=len, reverse=True))
             bare = not spelled and u is None and any(a == k + 1 or b == k for a, b, _ in dirs)

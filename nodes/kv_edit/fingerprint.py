@@ -66,28 +66,38 @@ def _tensor(h, t: torch.Tensor) -> None:
     h.update(_raw_sample(t).numpy().tobytes())
 
 
-def _value(h, obj, depth: int = 0) -> None:
-    """Hash what a patch holds: tensors by sample, containers element by element."""
-    if depth > _MAX_DEPTH:
-        raise FingerprintError("a model patch is nested too deeply to fingerprint")
+def _plain_or_container(h, obj, depth: int, again, max_items: int | None = None) -> bool:
+    """Hash a tensor (by sample), a plain value or a container (its elements through ``again``, the
+    caller's own walker) and say so; False for anything else, left to the caller."""
     if isinstance(obj, torch.Tensor):
         _tensor(h, obj)
     elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         h.update(repr(obj).encode())
     elif isinstance(obj, (list, tuple)):
         h.update(f"[{len(obj)}".encode())
-        for item in obj:
-            _value(h, item, depth + 1)
+        for item in obj[:max_items]:
+            again(h, item, depth + 1)
         h.update(b"]")
     elif isinstance(obj, (set, frozenset)):
-        _value(h, sorted(obj, key=repr), depth + 1)
+        again(h, sorted(obj, key=repr), depth + 1)
     elif isinstance(obj, dict):
         h.update(f"{{{len(obj)}".encode())
-        for key in sorted(obj, key=repr):
+        for key in sorted(obj, key=repr)[:max_items]:
             h.update(repr(key).encode())
-            _value(h, obj[key], depth + 1)
+            again(h, obj[key], depth + 1)
         h.update(b"}")
-    elif callable(obj) and hasattr(obj, "__qualname__"):
+    else:
+        return False
+    return True
+
+
+def _value(h, obj, depth: int = 0) -> None:
+    """Hash what a patch holds: tensors by sample, containers element by element."""
+    if depth > _MAX_DEPTH:
+        raise FingerprintError("a model patch is nested too deeply to fingerprint")
+    if _plain_or_container(h, obj, depth, _value):
+        return
+    if callable(obj) and hasattr(obj, "__qualname__"):
         h.update(f"F{getattr(obj, '__module__', '')}.{obj.__qualname__}".encode())
     elif hasattr(obj, "__dict__"):  # weight adapters (LoRA, LoHa, ...) and similar holders
         h.update(f"O{type(obj).__module__}.{type(obj).__qualname__}".encode())
@@ -145,21 +155,9 @@ def _state(h, obj, depth: int = 0) -> None:
     if depth > _STATE_DEPTH:
         h.update(b"...")
         return
-    if isinstance(obj, torch.Tensor):
-        _tensor(h, obj)
-    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        h.update(repr(obj).encode())
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else list(obj)
-        h.update(f"[{len(items)}".encode())
-        for item in items[:_STATE_ITEMS]:
-            _state(h, item, depth + 1)
-    elif isinstance(obj, dict):
-        h.update(f"{{{len(obj)}".encode())
-        for key in sorted(obj, key=repr)[:_STATE_ITEMS]:
-            h.update(repr(key).encode())
-            _state(h, obj[key], depth + 1)
-    elif isinstance(obj, functools.partial):
+    if _plain_or_container(h, obj, depth, _state, _STATE_ITEMS):
+        return
+    if isinstance(obj, functools.partial):
         h.update(b"partial")
         _state(h, (obj.func, obj.args, obj.keywords), depth + 1)
     elif isinstance(obj, types.MethodType):
