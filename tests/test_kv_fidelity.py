@@ -2,6 +2,9 @@
 in the record, the reinitialisation forms and the inversion-free options (issue 8, items 7-10,
 12 and 15)."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -172,6 +175,39 @@ def test_patch_state_tells_strengths_apart_and_never_walks_a_model(flux):
     # a model held by the patch: by type only (never walked; its weights are the fingerprint's own part)
     assert _callable_id(_ScalePatch(1.0, flux)) == _callable_id(_ScalePatch(1.0, flux.clone()))
     assert _callable_id(_ScalePatch(1.0, flux.model)) == _callable_id(_ScalePatch(1.0, flux.model))
+
+
+def _two_lambdas(blank_lines: int = 0):
+    """Two patch functions of one scope (one qualified name), defined ``blank_lines`` lower."""
+    src = "\n" * blank_lines + ("def make():\n    return [lambda args, extra: extra['original_block'](args) * 2,\n"
+                                 "            lambda args, extra: extra['original_block'](args) * 3]\n")
+    scope = {}
+    exec(compile(src, "other_pack.py", "exec"), scope)
+    return scope["make"]()
+
+
+def test_patch_functions_of_one_name_count_by_what_they_compute():
+    """Two lambdas of one scope share a qualified name and carry nothing: their code tells them apart
+    (one constant); the same code on other lines (a pack edited elsewhere) keeps its id, and so does a
+    function with a set constant in another process (string hashing varies between processes)."""
+    import subprocess
+    import sys
+
+    from precise_edit.nodes.kv_edit.fingerprint import _callable_id
+
+    a, b = _two_lambdas()
+    c, d = _two_lambdas(blank_lines=7)
+    assert a.__qualname__ == b.__qualname__ and a.__code__.co_firstlineno != c.__code__.co_firstlineno
+    assert _callable_id(a) != _callable_id(b)
+    assert (_callable_id(a), _callable_id(b)) == (_callable_id(c), _callable_id(d))
+    code = ("import sys; sys.path.insert(0, 'tests'); import conftest\n"
+            "from precise_edit.nodes.kv_edit.fingerprint import _callable_id\n"
+            "def f(args, extra):\n    return args if extra.get('k') in {'alpha', 'beta', 'gamma', 'delta'} else None\n"
+            "print(_callable_id(f))")
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2", "3")}
+    assert len(out) == 1 and "#" in next(iter(out))
 
 
 def test_bilinear_record_accepts_its_own_mask_and_keeps_the_mode(flux, tmp_path):

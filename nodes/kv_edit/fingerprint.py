@@ -147,6 +147,21 @@ def _callable_name(f) -> str:
 _STATE_DEPTH, _STATE_ITEMS = 4, 256
 
 
+def _code(h, code: types.CodeType, depth: int = 0) -> None:
+    """What a function computes, beside its name: its bytecode, constants and the names it reads
+    (two lambdas of one scope share a name; ``lambda q, k, v, o: (q * 2, k, v)`` and ``* 3`` differ
+    in a constant). Line numbers are left out: a pack edited elsewhere keeps its records."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            if depth < _STATE_DEPTH:
+                _code(h, c, depth + 1)
+        else:  # a frozenset's repr follows string hashing, which varies between processes
+            r = repr(sorted(map(repr, c))) if isinstance(c, frozenset) else repr(c)
+            h.update(f"{type(c).__name__}:{r}"[:200].encode())
+
+
 def _state(h, obj, depth: int = 0) -> None:
     """What a patch function carries beside its name: closure values, default arguments, a bound
     method's or callable object's attributes, a partial's arguments (one function at two strengths
@@ -165,6 +180,7 @@ def _state(h, obj, depth: int = 0) -> None:
         _state(h, obj.__self__, depth + 1)
     elif isinstance(obj, types.FunctionType):
         h.update(_callable_name(obj).encode())
+        _code(h, obj.__code__)
         cells = []
         for cell in obj.__closure__ or ():
             try:
