@@ -147,24 +147,26 @@ def pixels(args, flux, vae):
 def unets(args, vae4, sd, ip2p):
     from precise_edit.synthetic import evaluate_unet as eu
 
-    print(f"\n## SD1.5-class UNets (4-channel VAE, {eu.SIZE}-pixel images; euler/simple, cfg 3 on the text)\n")
+    scene_seed, pair_seed = (3000, 2001) if args.held_out else (1000, 1001)
+    print(f"\n## SD1.5-class UNets (4-channel VAE, {eu.SIZE}-pixel images; euler/simple, cfg {args.unet_cfg:g} on the "
+          f"text; scenes({scene_seed}, n), edits({pair_seed}, n))\n")
     print("| model | what | n | success |\n|---|---|---|---|")
-    sc = scenes.scenes(1000, args.n)
+    sc = scenes.scenes(scene_seed, args.n)
     rec = ev.to_image(vae4, ev.to_latent(vae4, np.stack([scenes.render(s, eu.SIZE)[0] for s in sc])))
     robjs = [(r, o) for r, s in zip(rec, sc) for o in s.objects]
     print(f"| VAE4 round trip | objects right | {len(robjs)} | {rate([judge.object_ok(r, o) for r, o in robjs])} |")
     print(f"| VAE4 round trip | object colour right in its cell | {len(robjs)} | "
           f"{rate([judge.find(r, o.cell).colour == o.colour for r, o in robjs])} |")
     if ip2p is not None:
-        pairs = scenes.edits(1001, args.n)
+        pairs = scenes.edits(pair_seed, args.n)
         res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source, eu.SIZE)[0], p.instruction, i,
-                                                   args.steps), p)) for i, p in enumerate(pairs)]
+                                                   args.steps, cfg=args.unet_cfg), p)) for i, p in enumerate(pairs)]
         for k in scenes.EDIT_KINDS:
             print(f"| IP2P-style | edit: {k} | {sum(kk == k for kk, _ in res)} | {rate([ok for kk, ok in res if kk == k])} |")
         print(f"| IP2P-style | edit: all | {len(res)} | {rate([ok for _, ok in res])} |")
     if sd is None:
         return
-    imgs = [eu.generate_sd(sd, vae4, s.caption(), seed=i, steps=args.steps) for i, s in enumerate(sc)]
+    imgs = [eu.generate_sd(sd, vae4, s.caption(), seed=i, steps=args.steps, cfg=args.unet_cfg) for i, s in enumerate(sc)]
     objs = [(img, o) for img, s in zip(imgs, sc) for o in s.objects]
     print(f"| SD t2i | objects right (colour, shape, cell) | {len(objs)} | {rate([judge.object_ok(i, o) for i, o in objs])} |")
     print(f"| SD t2i | object colour right in its cell | {len(objs)} | "
@@ -193,14 +195,17 @@ def main():
     ap.add_argument("--n-spot", type=int, default=10)
     ap.add_argument("--tau", type=float, default=ev.SPOT_TAU)
     ap.add_argument("--cfg", type=float, default=ev.CFG, help="classifier-free guidance of the FLUX-side models")
+    ap.add_argument("--unet-cfg", type=float, default=3.0, help="classifier-free guidance of the SD1.5-class UNets")
+    ap.add_argument("--held-out", action="store_true",
+                    help="UNets: scenes(3000, n) and edits(2001, n), seeds no trainer or earlier table used")
     ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
     ap.add_argument("--pixels-denoise", type=float, default=0.7)
-    ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "ip2p", "spatial"], default=None)
+    ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "sd", "ip2p", "spatial"], default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), shared and noisy; "
-          f"n={args.n}, {args.steps} steps, euler/simple, cfg {args.cfg:g} (FLUX side), 3 (UNets)")
+          f"n={args.n}, {args.steps} steps, euler/simple, cfg {args.cfg:g} (FLUX side), {args.unet_cfg:g} (UNets)")
     t0 = time.time()
     if args.only in (None, "plain", "kv", "spot", "pixels"):
         vae, flux, kontext = models.vae(models.VAE_OF["flux"]), models.flux("flux"), models.flux("kontext")
@@ -213,8 +218,9 @@ def main():
         spot(args, kontext, kvae)
     if args.only in (None, "pixels"):
         pixels(args, flux, vae)
-    if args.only in (None, "unet", "ip2p"):
-        unets(args, models.vae("vae4"), None if args.only == "ip2p" else models.unet("sd"), models.unet("ip2p"))
+    if args.only in (None, "unet", "sd", "ip2p"):
+        unets(args, models.vae("vae4"), None if args.only == "ip2p" else models.unet("sd"),
+              None if args.only == "sd" else models.unet("ip2p"))
     if args.only in (None, "spatial"):
         spatial(args, models.vae("vae4"), models.unet("ip2p"))
     if args.pie_bench:
