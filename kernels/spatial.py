@@ -75,6 +75,8 @@ class Table:
     numbers: dict = field(default_factory=dict)       # number words: "ten" -> 10
     multipliers: dict = field(default_factory=dict)   # "hundred" -> 100 ("mươi" -> 10)
     number_joiners: set = field(default_factory=set)  # words inside a number ("two hundred and five")
+    fractions: dict = field(default_factory=dict)     # "half" -> 0.5 ("one and a half")
+    number_articles: set = field(default_factory=set)  # "a" in "a hundred", "a half"
     amount_words: dict = field(default_factory=dict)
     fillers: list = field(default_factory=list)
     locatives: list = field(default_factory=list)
@@ -124,6 +126,8 @@ def load_table(language: str) -> Table:
     t.numbers = {w: float(v) for k, v in nw.get("values", {}).items() for w in _words(k)}
     t.multipliers = {w: float(v) for k, v in nw.get("multipliers", {}).items() for w in _words(k)}
     t.number_joiners = {w for p in nw.get("joiners", []) for w in _words(p)}
+    t.fractions = {w: float(v) for k, v in nw.get("fractions", {}).items() for w in _words(k)}
+    t.number_articles = {w for p in nw.get("articles", []) for w in _words(p)}
     t.amount_words = {_words(k): float(v) for k, v in raw.get("amount_words", {}).items()}
     t.fillers = _phrases(raw.get("move_fillers", []))
     t.locatives = _phrases(raw.get("move_locatives", []))
@@ -252,21 +256,37 @@ def _object_phrase_end(tokens: _Tokens, j: int, t: Table) -> int:
 
 def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None:
     """A number written in words from token ``k`` ("ten", "twenty five", "two hundred and fifty",
-    "hai mươi lăm"): (value, tokens taken), or None. A multiplier scales the words since the last
-    larger one ("một trăm hai mươi lăm" = 1 x 100 + 2 x 10 + 5)."""
-    total, group, n, last = 0.0, 0.0, 0, 0
-    for j in range(k, len(tokens.words)):
-        w = tokens.words[j]
+    "a hundred", "one and a half", "hai mươi lăm"): (value, tokens taken), or None. A multiplier
+    under 100 scales the words since the last larger one ("hai mươi lăm" = 2 x 10 + 5), a hundred
+    scales the words before it within its thousand ("fifteen hundred"), a thousand and above all
+    before it ("two hundred thousand" = 200 x 1000); "a" counts as one before a multiplier or a
+    fraction ("a hundred", "a half") and belongs to the number after one ("half a percent")."""
+    total, hundreds, small, n, last = 0.0, 0.0, 0.0, 0, 0
+    words = tokens.words
+    for j in range(k, len(words)):
+        w = words[j]
         if tokens.used[j]:
             break
         if w in t.numbers:
-            group += t.numbers[w]
+            small += t.numbers[w]
+        elif w in t.fractions:
+            small += t.fractions[w]
         elif w in t.multipliers:
             m = t.multipliers[w]
-            if m >= 100:
-                total, group = total + max(group, 1.0) * m, 0.0
+            if m < 100:
+                small = max(small, 1.0) * m
+            elif m == 100:
+                hundreds, small = hundreds + max(small, 1.0) * m, 0.0
             else:
-                group = max(group, 1.0) * m
+                total, hundreds, small = total + max(hundreds + small, 1.0) * m, 0.0, 0.0
+        elif w in t.number_articles and j + 1 < len(words) and not tokens.used[j + 1] and \
+                (words[j + 1] in t.multipliers or words[j + 1] in t.fractions):
+            n += 1   # "a" before "hundred" / "half": the multiplier or fraction counts it
+            continue
+        elif w in t.number_articles and n and words[j - 1] in t.fractions:
+            n += 1   # "half a percent": part of the number
+            last = n
+            continue
         elif w in t.number_joiners and n:
             n += 1
             continue
@@ -274,7 +294,7 @@ def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None
             break
         n += 1
         last = n
-    return (total + group, last) if last else None
+    return (total + hundreds + small, last) if last else None
 
 
 def _starts_object(tokens: _Tokens, j: int, t: Table) -> bool:
@@ -489,6 +509,9 @@ def _parse_move(tokens: _Tokens, t: Table, verbs, object_box, image_size) -> Par
             if u or bare:
                 n = size + (len(u) if u else 0)
                 value = spelled[0] if spelled else float(w.replace(",", "."))
+                if value < 0:   # signed: "-10% to the right" moves it left; say so where the user reads
+                    notes.append(f"'{' '.join(tokens.words[k:k + n])}' is negative: it moves the other way "
+                                 "than the direction word says")
                 amounts.append((k, value, t.units[u] if u else "percent"))
                 phrases.append(" ".join(tokens.words[k:k + n]))
                 if bare:

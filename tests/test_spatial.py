@@ -373,9 +373,28 @@ def test_names_with_numbers_compound_nouns_and_pronoun_places_read_as_before(tex
     ("move the one on the left twenty % up", "en", (0.0, -0.2), "one on the left"),
     ("di chuyển nó sang phải hai mươi lăm phần trăm", "vi", (0.25, 0.0), "nó"),
     ("di chuyển nó xuống một trăm linh năm điểm ảnh", "vi", (0.0, 1.05), "nó"),
+    # a thousand scales the hundreds before it; a hundred scales only the words before it in its thousand
+    ("move it two hundred thousand pixels left", "en", (-1000.0, 0.0), ""),
+    ("di chuyển nó sang trái hai trăm nghìn điểm ảnh", "vi", (-1000.0, 0.0), "nó"),
+    ("move it fifteen hundred pixels up", "en", (0.0, -15.0), ""),
+    ("move it a thousand two hundred pixels left", "en", (-6.0, 0.0), ""),
+    ("move it a hundred pixels left", "en", (-0.5, 0.0), ""),                 # "a" is the number's one
+    ("move it one and a half percent right", "en", (0.015, 0.0), ""),         # fractions
+    ("move it half a percent left", "en", (-0.005, 0.0), ""),
+    ("move a cat two and a quarter percent down", "en", (0.0, 0.0225), "a cat"),  # "a" before a noun: an article
 ])
 def test_amounts_written_in_words(text, lang, offset, rest):
     """"ten percent" moved by the default 25 % and left "ten percent" in the instruction."""
     p = S.parse(text, lang, image_size=(200, 100))
     assert (p.kind, p.text) == ("move", rest) and p.offset == pytest.approx(offset), p.describe()
     assert not any("no amount" in n for n in p.notes) or rest == "three cats"
+
+
+@pytest.mark.parametrize("text,offset", [("move it -10% left", (0.1, 0.0)), ("move the cat -20 pixels up", (0.0, 0.2)),
+                                         ("move it 10% left", (-0.1, 0.0))])
+def test_a_negative_amount_moves_the_other_way_with_a_note(text, offset):
+    """A signed amount turns the move round (as before: "-10% left" moves it right), and the notes
+    now say so (nothing did)."""
+    p = S.parse(text, "en", image_size=(200, 100))
+    assert p.offset == pytest.approx(offset)
+    assert any("moves the other way" in n for n in p.notes) == ("-" in text), p.notes
