@@ -210,6 +210,33 @@ def test_patch_functions_of_one_name_count_by_what_they_compute():
     assert len(out) == 1 and "#" in next(iter(out))
 
 
+def test_patch_code_constants_and_module_numbers_count_whole_and_never_raise():
+    """A long constant differing at its end, a module-level strength read by the patch: other
+    computations, other ids. A module cache filling up while the process runs is no other
+    computation. A huge integer constant (whose repr raises) is hashed, not an error."""
+    from precise_edit.nodes.kv_edit.fingerprint import _callable_id
+
+    def made(src, **module):
+        scope = dict(module)
+        exec(compile(src, "other_pack.py", "exec"), scope)
+        return scope["patch"], scope
+
+    tail = "def patch(args, extra):\n    return extra['original_block'](args) * ({}1.0)[len(extra)] * K\n"
+    one, _ = made(tail.format("0.0, " * 60), K=1.0)
+    two, _ = made(tail.format("0.0, " * 60).replace("1.0)", "2.0)"), K=1.0)
+    stronger, _ = made(tail.format("0.0, " * 60), K=2.0)
+    assert len({_callable_id(one), _callable_id(two), _callable_id(stronger)}) == 3
+    keyed = [made("def patch(args, extra):\n    return extra.get('" + "k" * 300 + end + "', args)\n")[0]
+             for end in "ab"]
+    assert _callable_id(keyed[0]) != _callable_id(keyed[1])   # a long string differing at its end
+    cached, scope = made("CACHE = {}\ndef patch(args, extra):\n    CACHE[len(CACHE)] = 1\n    return args\n")
+    before = _callable_id(cached)
+    scope["CACHE"].update({i: i for i in range(5)})
+    assert _callable_id(cached) == before
+    huge, _ = made("def patch(args, extra):\n    return args * 0x" + "f" * 4000 + "\n")
+    assert "#" in _callable_id(huge)
+
+
 def test_bilinear_record_accepts_its_own_mask_and_keeps_the_mode(flux, tmp_path):
     mask = thin_stroke()
     from precise_edit.kernels.token_mask import latent_pixel_mask

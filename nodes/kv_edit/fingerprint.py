@@ -147,19 +147,54 @@ def _callable_name(f) -> str:
 _STATE_DEPTH, _STATE_ITEMS = 4, 256
 
 
-def _code(h, code: types.CodeType, depth: int = 0) -> None:
-    """What a function computes, beside its name: its bytecode, constants and the names it reads
-    (two lambdas of one scope share a name; ``lambda q, k, v, o: (q * 2, k, v)`` and ``* 3`` differ
-    in a constant). Line numbers are left out: a pack edited elsewhere keeps its records."""
+def _const(h, c, depth: int = 0) -> None:
+    """A code constant, whole (a long tuple differing at its end differs). Numbers, strings, bytes
+    and their tuples / frozensets only occur; a frozenset is hashed in sorted order (its iteration
+    follows string hashing, which varies between processes); an int by its hex digits (``repr`` of a
+    huge int raises)."""
+    if isinstance(c, (tuple, frozenset)):
+        parts = []
+        for x in c:
+            sub = hashlib.sha256()
+            _const(sub, x, depth + 1)
+            parts.append(sub.digest())
+        h.update(f"{type(c).__name__}{len(parts)}(".encode())
+        for d in sorted(parts) if isinstance(c, frozenset) else parts:
+            h.update(d)
+        h.update(b")")
+    elif isinstance(c, int) and not isinstance(c, bool):
+        h.update(f"int:{c:x};".encode())
+    elif isinstance(c, (str, bytes)):
+        b = c.encode("utf-8", "surrogatepass") if isinstance(c, str) else c
+        h.update(f"{type(c).__name__}{len(b)}:".encode())
+        h.update(b)
+    else:  # float, complex, bool, None, Ellipsis
+        h.update(f"{type(c).__name__}:{c!r};".encode())
+
+
+def _code(h, func, code=None, depth: int = 0) -> None:
+    """What a function computes, beside its name: its bytecode, constants, the names it reads and
+    the module-level numbers and strings among them (``K = 2.0`` read by a patch is its strength).
+    Two lambdas of one scope share a name; ``lambda ...: x * 2`` and ``* 3`` differ in a constant.
+    Line numbers are left out (a pack edited elsewhere keeps its records); other module globals
+    (caches, models, functions) are left out too: they change while a process runs. Bytecode follows
+    the interpreter: a record made under ``python -O`` is refused without it, never the reverse
+    mistake."""
+    code = code or func.__code__
     h.update(code.co_code)
     h.update(repr(code.co_names).encode())
+    g = getattr(func, "__globals__", None) or {}
+    for name in code.co_names:
+        v = g.get(name)
+        if isinstance(v, (int, float)) or (isinstance(v, str) and len(v) < 1000):
+            h.update(f"G{name}=".encode())
+            _const(h, v)
     for c in code.co_consts:
         if isinstance(c, types.CodeType):
             if depth < _STATE_DEPTH:
-                _code(h, c, depth + 1)
-        else:  # a frozenset's repr follows string hashing, which varies between processes
-            r = repr(sorted(map(repr, c))) if isinstance(c, frozenset) else repr(c)
-            h.update(f"{type(c).__name__}:{r}"[:200].encode())
+                _code(h, func, c, depth + 1)   # a nested function reads the same module
+        else:
+            _const(h, c)
 
 
 def _state(h, obj, depth: int = 0) -> None:
@@ -180,7 +215,7 @@ def _state(h, obj, depth: int = 0) -> None:
         _state(h, obj.__self__, depth + 1)
     elif isinstance(obj, types.FunctionType):
         h.update(_callable_name(obj).encode())
-        _code(h, obj.__code__)
+        _code(h, obj)
         cells = []
         for cell in obj.__closure__ or ():
             try:
