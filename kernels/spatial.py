@@ -259,18 +259,27 @@ def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None
     "a hundred", "one and a half", "hai mươi lăm"): (value, tokens taken), or None. A multiplier
     under 100 scales the words since the last larger one ("hai mươi lăm" = 2 x 10 + 5), a hundred
     scales the words before it within its thousand ("fifteen hundred"), a thousand and above all
-    before it ("two hundred thousand" = 200 x 1000); "a" counts as one before a multiplier or a
-    fraction ("a hundred", "a half") and belongs to the number after one ("half a percent")."""
+    before it ("two hundred thousand" = 200 x 1000). "a" counts as one before a multiplier ("a
+    hundred"). A fraction word is one only after "a" ("a half", "one and a half") or as "half a"
+    before a unit, and ends the number: "the quarter twenty pixels" is the quarter, then 20."""
     total, hundreds, small, n, last = 0.0, 0.0, 0.0, 0, 0
     words = tokens.words
+    article = False   # the word before was "a"
     for j in range(k, len(words)):
         w = words[j]
         if tokens.used[j]:
             break
+        nxt = words[j + 1] if j + 1 < len(words) and not tokens.used[j + 1] else None
+        if w in t.fractions:
+            if article:                                              # "a half", "one and a half"
+                return total + hundreds + small + t.fractions[w], n + 1
+            if j == k and nxt in t.number_articles and j + 2 < len(words) and \
+                    words[j + 2] not in t.numbers and words[j + 2] not in t.multipliers:
+                return t.fractions[w], 2                             # "half a percent"
+            break
+        article = False
         if w in t.numbers:
             small += t.numbers[w]
-        elif w in t.fractions:
-            small += t.fractions[w]
         elif w in t.multipliers:
             m = t.multipliers[w]
             if m < 100:
@@ -279,13 +288,9 @@ def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None
                 hundreds, small = hundreds + max(small, 1.0) * m, 0.0
             else:
                 total, hundreds, small = total + max(hundreds + small, 1.0) * m, 0.0, 0.0
-        elif w in t.number_articles and j + 1 < len(words) and not tokens.used[j + 1] and \
-                (words[j + 1] in t.multipliers or words[j + 1] in t.fractions):
+        elif w in t.number_articles and (nxt in t.multipliers or nxt in t.fractions):
             n += 1   # "a" before "hundred" / "half": the multiplier or fraction counts it
-            continue
-        elif w in t.number_articles and n and words[j - 1] in t.fractions:
-            n += 1   # "half a percent": part of the number
-            last = n
+            article = True
             continue
         elif w in t.number_joiners and n:
             n += 1

@@ -382,6 +382,12 @@ def test_names_with_numbers_compound_nouns_and_pronoun_places_read_as_before(tex
     ("move it one and a half percent right", "en", (0.015, 0.0), ""),         # fractions
     ("move it half a percent left", "en", (-0.005, 0.0), ""),
     ("move a cat two and a quarter percent down", "en", (0.0, 0.0225), "a cat"),  # "a" before a noun: an article
+    ("move it a half percent left", "en", (-0.005, 0.0), ""),
+    # a fraction word alone is a noun: the object's name stays, the number after it is the amount
+    ("move the quarter twenty pixels left", "en", (-0.1, 0.0), "quarter"),
+    ("move the top quarter ten percent down", "en", (0.0, 0.1), "top quarter"),
+    ("move the half moon ten pixels left", "en", (-0.05, 0.0), "half moon"),
+    ("move the quarter a hundred pixels left", "en", (-0.5, 0.0), "quarter"),
 ])
 def test_amounts_written_in_words(text, lang, offset, rest):
     """"ten percent" moved by the default 25 % and left "ten percent" in the instruction."""
