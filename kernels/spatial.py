@@ -261,7 +261,8 @@ def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None
     scales the words before it within its thousand ("fifteen hundred"), a thousand and above all
     before it ("two hundred thousand" = 200 x 1000). "a" counts as one before a multiplier ("a
     hundred"). A fraction word is one only after "a" ("a half", "one and a half") or as "half a"
-    before a unit, and ends the number: "the quarter twenty pixels" is the quarter, then 20."""
+    before a unit or a multiplier ("half a hundred"; not after "the"), and ends the number: "the quarter
+    twenty pixels" is the quarter, then 20."""
     total, hundreds, small, n, last = 0.0, 0.0, 0.0, 0, 0
     words = tokens.words
     article = False   # the word before was "a"
@@ -273,9 +274,13 @@ def _number_words(tokens: _Tokens, k: int, t: Table) -> tuple[float, int] | None
         if w in t.fractions:
             if article:                                              # "a half", "one and a half"
                 return total + hundreds + small + t.fractions[w], n + 1
-            if j == k and nxt in t.number_articles and j + 2 < len(words) and \
-                    words[j + 2] not in t.numbers and words[j + 2] not in t.multipliers:
-                return t.fractions[w], 2                             # "half a percent"
+            if j == k and nxt in t.number_articles and j + 2 < len(words) and not tokens.used[j + 2] and \
+                    not (k and words[k - 1] in t.articles):         # "the quarter a hundred": a noun
+                after = words[j + 2]
+                if after in t.multipliers:                           # "half a hundred"
+                    return t.fractions[w] * t.multipliers[after], 3
+                if after not in t.numbers:                           # "half a percent"
+                    return t.fractions[w], 2
             break
         article = False
         if w in t.numbers:

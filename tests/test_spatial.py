@@ -383,6 +383,7 @@ def test_names_with_numbers_compound_nouns_and_pronoun_places_read_as_before(tex
     ("move it half a percent left", "en", (-0.005, 0.0), ""),
     ("move a cat two and a quarter percent down", "en", (0.0, 0.0225), "a cat"),  # "a" before a noun: an article
     ("move it a half percent left", "en", (-0.005, 0.0), ""),
+    ("move it half a hundred pixels left", "en", (-0.25, 0.0), ""),
     # a fraction word alone is a noun: the object's name stays, the number after it is the amount
     ("move the quarter twenty pixels left", "en", (-0.1, 0.0), "quarter"),
     ("move the top quarter ten percent down", "en", (0.0, 0.1), "top quarter"),
