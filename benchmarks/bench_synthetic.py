@@ -152,6 +152,10 @@ def unets(args, vae4, sd, ip2p):
           f"text; scenes({scene_seed}, n), edits({pair_seed}, n))\n")
     print("| model | what | n | success |\n|---|---|---|---|")
     sc = scenes.scenes(scene_seed, args.n)
+    if args.training_scenes:   # the first n of the text-to-image UNet's own training scenes (train_unet.train_sd)
+        rng = np.random.default_rng(1)
+        sc = [scenes.random_scene(rng) for _ in range(args.n)]
+        print("(VAE and text-to-image rows on the first n of the text-to-image UNet's training scenes)\n")
     rec = ev.to_image(vae4, ev.to_latent(vae4, np.stack([scenes.render(s, eu.SIZE)[0] for s in sc])))
     robjs = [(r, o) for r, s in zip(rec, sc) for o in s.objects]
     print(f"| VAE4 round trip | objects right | {len(robjs)} | {rate([judge.object_ok(r, o) for r, o in robjs])} |")
@@ -198,6 +202,8 @@ def main():
     ap.add_argument("--unet-cfg", type=float, default=3.0, help="classifier-free guidance of the SD1.5-class UNets")
     ap.add_argument("--held-out", action="store_true",
                     help="UNets: scenes(3000, n) and edits(2001, n), seeds no trainer or earlier table used")
+    ap.add_argument("--training-scenes", action="store_true",
+                    help="UNets: the text-to-image rows on the first n of sd's own training scenes (does it fit them?)")
     ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
     ap.add_argument("--pixels-denoise", type=float, default=0.7)
     ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "sd", "ip2p", "spatial"], default=None)
