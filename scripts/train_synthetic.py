@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("model", choices=["vae16", "vae4", "flux", "kontext", "sd", "ip2p"])
     ap.add_argument("--force", action="store_true", help="overwrite the shipped weight file")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
+    ap.add_argument("--channels", type=int, default=None, choices=[32, 64, 96, 128],
+                    help="sd: the UNet's model_channels (a multiple of 32: its GroupNorm has 32 groups; default 32)")
     ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
                     help="VAE only: network recipe (default: the one the shipped file was trained with)")
     ap.add_argument("--threads", type=int, default=None,
@@ -53,6 +55,10 @@ def main() -> None:
         if args.model not in ("flux", "kontext"):
             ap.error("--checkpoint is for the FLUX-side models (flux, kontext)")
         kw["checkpoint"] = args.checkpoint
+    if args.channels:
+        if args.model != "sd":
+            ap.error("--channels is for the text-to-image UNet (sd); ip2p takes the width of the sd it starts from")
+        kw["channels"] = args.channels
     if args.recipe:
         if not args.model.startswith("vae"):
             ap.error("--recipe is for the VAEs (vae16, vae4)")

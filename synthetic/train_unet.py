@@ -38,13 +38,16 @@ def config(in_channels: int = 4, channels: int = CHANNELS) -> dict:
     }
 
 
-def build(sd: dict | None = None, ip2p: bool = False):
+def build(sd: dict | None = None, ip2p: bool = False, channels: int = CHANNELS):
     """The ComfyUI SD1.5 (or SD1.5 InstructPix2Pix) model of the synthetic config, filled from
-    ``sd`` or freshly initialised (ComfyUI's layers skip initialisation)."""
+    ``sd`` (its width read from it) or freshly initialised at ``channels`` (ComfyUI's layers skip
+    initialisation)."""
     import comfy.supported_models
 
+    if sd is not None:
+        channels = int(sd["input_blocks.0.0.weight"].shape[0])
     cls = comfy.supported_models.SD15_instructpix2pix if ip2p else comfy.supported_models.SD15
-    mc = cls(config(8 if ip2p else 4))
+    mc = cls(config(8 if ip2p else 4, channels))
     mc.set_inference_dtype(torch.float32, None)
     model = mc.get_model({})
     dm = model.diffusion_model
@@ -130,7 +133,7 @@ def _loop(model, data, steps, batch_size, lr, label, seed=0):
 
 
 def train_sd(steps: int = 5000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 4000,
-             force: bool = False) -> float:
+             force: bool = False, channels: int = CHANNELS) -> float:
     check_writable("sd", force)
     torch.manual_seed(0)
     t0 = time.time()
@@ -146,9 +149,10 @@ def train_sd(steps: int = 5000, batch_size: int = 16, lr: float = 2e-3, n_images
         idx = torch.randint(0, len(lat), (b,), generator=gen)
         return lat[idx], ctx[idx], None, weight[idx]
 
-    model = build()
+    model = build(channels=channels)
     loss = _loop(model, data, steps, batch_size, lr, "sd")
     save("sd", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}", "image_size": SIZE,
+                                                            "channels": channels,
                                                             "object_weight": OBJECT_WEIGHT, "n_images": n_images,
                                                             "threads": torch.get_num_threads(),
                                                             "minutes": f"{(time.time() - t0) / 60:.1f}"})

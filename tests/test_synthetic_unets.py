@@ -111,6 +111,17 @@ def test_training_attention_is_comfyuis_own_function(sd):
     assert seen and float((out - ref).abs().max()) < 1e-4 * float(ref.abs().max())
 
 
+def test_unet_width_is_read_from_the_weights():
+    """A wider sd (``train_synthetic.py sd --channels 64``) loads as what it is, and an ip2p started
+    from it takes its width."""
+    wide = train_unet.build(channels=64).diffusion_model.state_dict()
+    assert wide["input_blocks.0.0.weight"].shape[0] == 64
+    again = train_unet.build(wide).diffusion_model
+    assert again.model_channels == 64
+    ip = train_unet.build(train_unet.ip2p_from(wide), ip2p=True).diffusion_model
+    assert (ip.model_channels, ip.in_channels) == (64, 8)
+
+
 def test_ip2p_starts_from_the_text_to_image_unet(sd):
     """``train_ip2p`` starts from ``sd`` as InstructPix2Pix starts from Stable Diffusion: the source
     channels start at zero, so before training the editing model computes exactly what ``sd`` does,
