@@ -152,9 +152,10 @@ def unets(args, vae4, sd, ip2p):
           f"text; scenes({scene_seed}, n), edits({pair_seed}, n))\n")
     print("| model | what | n | success |\n|---|---|---|---|")
     sc = scenes.scenes(scene_seed, args.n)
-    if args.training_scenes:   # the first n of the text-to-image UNet's own training scenes (train_unet.train_sd)
-        rng = np.random.default_rng(1)
-        sc = [scenes.random_scene(rng) for _ in range(args.n)]
+    if args.training_scenes:   # the first n of the text-to-image UNet's own training scenes
+        from precise_edit.synthetic.train_unet import training_scenes
+
+        sc = training_scenes(args.n)
         print("(VAE and text-to-image rows on the first n of the text-to-image UNet's training scenes)\n")
     rec = ev.to_image(vae4, ev.to_latent(vae4, np.stack([scenes.render(s, eu.SIZE)[0] for s in sc])))
     robjs = [(r, o) for r, s in zip(rec, sc) for o in s.objects]

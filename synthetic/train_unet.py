@@ -132,13 +132,18 @@ def _loop(model, data, steps, batch_size, lr, label, seed=0):
     return ema
 
 
+def training_scenes(n: int) -> list:
+    """The text-to-image UNet's training scenes (the first ``n``; seed 1)."""
+    rng = np.random.default_rng(1)
+    return [scenes.random_scene(rng) for _ in range(n)]
+
+
 def train_sd(steps: int = 5000, batch_size: int = 16, lr: float = 2e-3, n_images: int = 4000,
              force: bool = False, channels: int = CHANNELS) -> float:
     check_writable("sd", force)
     torch.manual_seed(0)
     t0 = time.time()
-    rng = np.random.default_rng(1)
-    sc = [scenes.random_scene(rng) for _ in range(n_images)]
+    sc = training_scenes(n_images)
     rendered = [scenes.render(s, SIZE) for s in sc]
     images = np.stack([img for img, _ in rendered])
     weight = cell_weight(np.stack([np.any(m, axis=0) if m else np.zeros((SIZE, SIZE), bool) for _, m in rendered]))

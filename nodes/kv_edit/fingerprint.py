@@ -147,7 +147,7 @@ def _callable_name(f) -> str:
 _STATE_DEPTH, _STATE_ITEMS = 4, 256
 
 
-def _const(h, c, depth: int = 0) -> None:
+def _const(h, c) -> None:
     """A code constant, whole (a long tuple differing at its end differs). Numbers, strings, bytes
     and their tuples / frozensets only occur; a frozenset is hashed in sorted order (its iteration
     follows string hashing, which varies between processes); an int by its hex digits (``repr`` of a
@@ -156,7 +156,7 @@ def _const(h, c, depth: int = 0) -> None:
         parts = []
         for x in c:
             sub = hashlib.sha256()
-            _const(sub, x, depth + 1)
+            _const(sub, x)
             parts.append(sub.digest())
         h.update(f"{type(c).__name__}{len(parts)}(".encode())
         for d in sorted(parts) if isinstance(c, frozenset) else parts:
