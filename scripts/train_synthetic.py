@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="overwrite the shipped weight file")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
     ap.add_argument("--channels", type=int, default=None, choices=[32, 64, 96, 128],
-                    help="sd: the UNet's model_channels (a multiple of 32: its GroupNorm has 32 groups; default 32)")
+                    help="sd: the UNet's model_channels (a multiple of 32: its GroupNorm has 32 groups; default 64, the shipped width)")
     ap.add_argument("--recipe", choices=["plain", "blocks"], default=None,
                     help="VAE only: network recipe (default: the one the shipped file was trained with)")
     ap.add_argument("--threads", type=int, default=None,
