@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from precise_edit.synthetic import evaluate as ev  # noqa: E402
+from precise_edit.synthetic import evaluate_unet as eu  # noqa: E402
 from precise_edit.synthetic import judge, models, piebench, scenes  # noqa: E402
 
 
@@ -145,8 +146,6 @@ def pixels(args, flux, vae):
 
 
 def unets(args, vae4, sd, ip2p):
-    from precise_edit.synthetic import evaluate_unet as eu
-
     scene_seed, pair_seed = (3000, 2001) if args.held_out else (1000, 1001)
     print(f"\n## SD1.5-class UNets (4-channel VAE, {eu.SIZE}-pixel images; euler/simple, cfg {args.unet_cfg:g} on the "
           f"text; scenes({scene_seed}, n), edits({pair_seed}, n))\n")
@@ -180,13 +179,12 @@ def unets(args, vae4, sd, ip2p):
 
 
 def spatial(args, vae4, ip2p):
-    from precise_edit.synthetic import evaluate_unet as eu
-
-    print("\n## Issue 12: spatial instructions, plain IP2P-style vs Spatial Instruction (region as noise mask; cfg 3)\n")
+    print("\n## Issue 12: spatial instructions, plain IP2P-style vs Spatial Instruction (region as noise mask; "
+          f"cfg {args.unet_cfg:g})\n")
     print("placed = the asked colour fills the asked cell (and a moved object's old cell is empty); "
           "done = the full judge (colour and shape in the cell, other objects kept)\n")
     print("| kind | variant | n | placed | done | refused by Spatial Instruction |\n|---|---|---|---|---|---|")
-    for kind, rows in eu.spatial_rates(ip2p, vae4, n=args.n, steps=args.steps):
+    for kind, rows in eu.spatial_rates(ip2p, vae4, n=args.n, steps=args.steps, cfg=args.unet_cfg):
         for variant, (placed, done, refused) in rows.items():
             print(f"| {kind} | {variant} | {args.n} | {100 * placed:5.1f} % | {100 * done:5.1f} % | {refused} |", flush=True)
 
@@ -200,7 +198,7 @@ def main():
     ap.add_argument("--n-spot", type=int, default=10)
     ap.add_argument("--tau", type=float, default=ev.SPOT_TAU)
     ap.add_argument("--cfg", type=float, default=ev.CFG, help="classifier-free guidance of the FLUX-side models")
-    ap.add_argument("--unet-cfg", type=float, default=3.0, help="classifier-free guidance of the SD1.5-class UNets")
+    ap.add_argument("--unet-cfg", type=float, default=eu.CFG, help="classifier-free guidance of the SD1.5-class UNets")
     ap.add_argument("--held-out", action="store_true",
                     help="UNets: scenes(3000, n) and edits(2001, n), seeds no trainer or earlier table used")
     ap.add_argument("--training-scenes", action="store_true",
