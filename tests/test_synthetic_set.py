@@ -154,8 +154,12 @@ def test_vae_narrow_networks_are_the_taesd_file(recipe):
     x = torch.rand(1, 3, 32, 32, generator=gen)
     with torch.no_grad():
         z = enc(x)
-        assert torch.allclose(taesd.taesd_encoder(x), z, atol=1e-5)
-        assert torch.allclose(taesd.taesd_decoder(z), dec(z), atol=1e-5)
+        # relative to the output's size: the padded convolutions sum in another order, and the
+        # block recipe's decoder reaches |y| ~ 35 here (4.6e-5 apart, 1.3e-6 of it); a misplaced
+        # weight is off by O(1)
+        close = lambda a, b: float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())  # noqa: E731
+        assert close(taesd.taesd_encoder(x), z)
+        assert close(taesd.taesd_decoder(z), dec(z))
         enc2, dec2, _, _ = tv.from_taesd(sd)
         assert torch.equal(enc2(x), z) or torch.allclose(enc2(x), z, atol=1e-6)
 
