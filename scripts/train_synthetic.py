@@ -5,6 +5,12 @@
 Seeds are fixed; a shipped weight file is only overwritten with --force. Order: vae16 before flux
 and kontext (they are trained on its latents), flux before kontext (kontext starts from it), vae4
 before sd and ip2p. --checkpoint FILE (flux, kontext) makes a long run resumable on a loaded machine.
+
+    python scripts/train_synthetic.py vae16|vae4|flux|kontext|sd|ip2p --export FILE [--force]
+
+trains nothing: it writes the shipped model as a plain fp16 state dict in ComfyUI's layout (the shipped
+files are stored compactly, see synthetic/training.py): a VAE exported into ComfyUI's models/vae folder
+is listed and loaded by its Load VAE node as a TAESD-layout VAE.
 """
 from __future__ import annotations
 
@@ -39,8 +45,19 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="flux, kontext: resume from this file if it exists and write it every 250 steps "
                          "(a stopped run goes on where it was, same final weights)")
+    ap.add_argument("--export", type=str, default=None,
+                    help="write the shipped file as a plain fp16 state dict in ComfyUI's layout to this path "
+                         "(no training); --force to overwrite an existing file")
     args = ap.parse_args()
     _import_pack()
+    if args.export:
+        from precise_edit.synthetic.training import export
+
+        try:
+            print(f"wrote {export(args.model, args.export, args.force)}")
+        except (FileExistsError, FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"train_synthetic.py: {e}") from None
+        return
     from precise_edit.synthetic.training import setup_comfy
 
     setup_comfy(args.threads or 1)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import torch
 
 from . import text
-from .training import weight_path
+from .training import load
 
 
 def load_state(name: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(weight_path(name)))
+    """ComfyUI's state dict of the shipped model ``name`` (expanded from its storage form)."""
+    return load(name)
 
 
 # Each model's VAE: the FLUX-family models (text-to-image and Kontext-style) at 192 pixels on

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from . import scenes, text
-from .training import check_writable, optimise, save, weight_path
+from .training import check_writable, load, optimise, save
 
 LATENT_SCALE, LATENT_SHIFT = 0.3611, 0.1159   # ComfyUI's FLUX latent format
 
@@ -65,11 +64,9 @@ def build(sd: dict | None = None):
 
 
 def _vae():
-    from safetensors.torch import load_file
-
     from .train_vae import from_taesd
 
-    return from_taesd(load_file(str(weight_path("vae16"))))
+    return from_taesd(load("vae16"))
 
 
 def encode_images(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
@@ -261,7 +258,7 @@ def train_kontext(steps: int = 3000, batch_size: int = 16, lr: float = 1e-3, n_p
         idx = torch.randint(0, len(src), (b,), generator=gen)
         return tgt[idx], ctx[idx], pooled[idx], src[idx], weight[idx]
 
-    model = build(None if init is None else {k: v.float() for k, v in load_file(str(weight_path(init))).items()})
+    model = build(None if init is None else {k: v.float() for k, v in load(init).items()})
     loss = _loop(model.diffusion_model, data, steps, batch_size, lr, "kontext", checkpoint=checkpoint)
     save("kontext", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}", "init": init,
                                                                  "image_size": SIZE, "object_weight": OBJECT_WEIGHT,

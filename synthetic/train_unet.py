@@ -20,7 +20,7 @@ import torch
 
 from . import scenes, text
 from .train_dit import OBJECT_WEIGHT, cell_weight   # the latent cells of objects count x5 in the loss
-from .training import check_writable, optimise, save, weight_path
+from .training import check_writable, load, optimise, save, weight_path
 
 SD_SCALE = 0.18215
 CHANNELS = 64        # model_channels of the shipped UNets (32 before: 30.9 % of objects right at cfg 3; 64: 49.4 %)
@@ -70,11 +70,9 @@ def build(sd: dict | None = None, ip2p: bool = False, channels: int = CHANNELS):
 
 
 def _vae4():
-    from safetensors.torch import load_file
-
     from .train_vae import from_taesd
 
-    return from_taesd(load_file(str(weight_path("vae4"))))
+    return from_taesd(load("vae4"))
 
 
 def render_images(scene_list) -> np.ndarray:
@@ -203,9 +201,7 @@ def train_ip2p(steps: int = 2100, batch_size: int = 16, lr: float = 1e-3, n_pair
         keep = (torch.rand(b, generator=gen) >= 0.1).float()[:, None, None, None]
         return tgt[idx], c, src[idx] * keep, weight[idx]
 
-    from safetensors.torch import load_file
-
-    model = build(None if init is None else ip2p_from(load_file(str(weight_path(init)))), ip2p=True)
+    model = build(None if init is None else ip2p_from(load(init)), ip2p=True)
     loss = _loop(model, data, steps, batch_size, lr, "ip2p")
     save("ip2p", model.diffusion_model.state_dict(), force, {"steps": steps, "seed": 0, "loss": f"{loss:.4f}",
                                                                "init": init, "object_weight": OBJECT_WEIGHT,

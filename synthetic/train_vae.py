@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import scenes
-from .training import check_writable, save
+from .training import check_writable, read, save
 
 FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611
 SD_SHIFT, SD_SCALE = 0.0, 0.18215
@@ -167,9 +167,7 @@ def train(steps: int = 1500, batch_size: int = 16, crop: int | None = None, lr: 
     torch.manual_seed(0)
     t0 = time.time()
     if stage1:
-        from safetensors.torch import load_file
-
-        enc, dec, vae_scale, vae_shift = from_taesd(load_file(stage1))
+        enc, dec, vae_scale, vae_shift = from_taesd(read(stage1)[0])
         enc.train(), dec.train()
     else:
         enc, dec = narrow(latent_channels, r["width"], r["blocks"])
