@@ -50,12 +50,20 @@ def main() -> None:
                          "(no training); --force to overwrite an existing file")
     args = ap.parse_args()
     _import_pack()
-    if args.export:
+    if args.export is not None:
+        training_only = [f"--{k}" for k in ("steps", "channels", "recipe", "threads", "data", "checkpoint")
+                         if getattr(args, k) is not None]
+        if not args.export.strip():
+            ap.error("--export needs a file or folder (e.g. ComfyUI/models/vae/)")
+        if training_only:
+            ap.error(f"--export trains nothing: drop {', '.join(training_only)}")
+        from safetensors import SafetensorError
+
         from precise_edit.synthetic.training import export
 
         try:
             print(f"wrote {export(args.model, args.export, args.force)}")
-        except (FileExistsError, FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
             raise SystemExit(f"train_synthetic.py: {e}") from None
         return
     from precise_edit.synthetic.training import setup_comfy

@@ -4,7 +4,7 @@ The weights live in ``synthetic/weights/`` and ship with the repository; ``scrip
 <model>`` recreates each one and refuses to overwrite a shipped file unless given ``--force``.
 
 How a file is stored (``STORAGE``, the file's ``storage`` metadata; ``load`` gives back ComfyUI's own
-state dict either way, and ``scripts/train_synthetic.py export`` writes that as a plain file):
+state dict either way, and ``scripts/train_synthetic.py <model> --export PATH`` writes that as a plain file):
 
 - ``fp16``: every tensor as it is, in fp16 (the FLUX-side models).
 - ``trimmed``: lossless for zero-padded networks (the VAEs: narrow networks written into TAESD's
@@ -70,7 +70,7 @@ def trim(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     out, shapes = {}, {}
     for k, v in tensors.items():
         shapes[k] = list(v.shape)
-        nz = v.nonzero()
+        nz = ((v != 0) | torch.signbit(v)).nonzero()      # -0.0 is kept as it is
         if v.ndim == 0:
             out[k] = v
         elif len(nz):
@@ -98,6 +98,8 @@ def quantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     (symmetric: the row's max |w| / 127); everything else fp16."""
     out = {}
     for k, v in tensors.items():
+        if k.endswith(SCALE_SUFFIX):
+            raise ValueError(f"int8 storage: key '{k}' ends in '{SCALE_SUFFIX}', the suffix of its scales")
         v = v.detach().float()
         if v.ndim < 2:
             out[k] = v.half()
@@ -112,7 +114,7 @@ def quantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in tensors.items():
-        if k.endswith(SCALE_SUFFIX):
+        if k.endswith(SCALE_SUFFIX) and k[:-len(SCALE_SUFFIX)] in tensors:
             continue
         if v.dtype == torch.int8:
             scale = tensors[k + SCALE_SUFFIX]
@@ -143,6 +145,9 @@ def save(name: str, tensors: dict[str, torch.Tensor], force: bool, metadata: dic
         raise SystemExit(f"{path} exists (shipped weights); pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     small, meta = stored(name, tensors)
+    clash = set(meta) & set(metadata or {})
+    if clash:
+        raise ValueError(f"metadata keys {sorted(clash)} are the storage's own")
     save_file(small, str(path), metadata={**{k: str(v) for k, v in (metadata or {}).items()}, **meta})
     return path
 
@@ -179,7 +184,7 @@ def export(name: str, out, force: bool = False) -> Path:
 
     as_dir = str(out).endswith(("/", os.sep))
     out = Path(out).expanduser()
-    if as_dir or out.is_dir():          # a folder (existing, or named with a trailing slash)
+    if as_dir or out.is_dir() or out.suffix not in (".safetensors", ".sft"):   # a folder (what ComfyUI lists)
         out = out / FILES[name]
     if out.resolve().parent == WEIGHTS.resolve():
         raise ValueError(f"{out} is in the shipped weights folder; export elsewhere (e.g. ComfyUI/models/vae)")
