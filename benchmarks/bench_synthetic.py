@@ -86,7 +86,7 @@ def kv(args, flux, vae):
 
 def spot(args, kontext, vae):
     print(f"\n## SpotEdit on the Kontext-style model (perceptual judge, tau {args.tau}, no mask, cfg {args.cfg:g}; + ComfyUI's "
-          f"EasyCache, reuse threshold {args.easycache})\n")
+          f"EasyCache, reuse threshold {args.easycache}, end_percent {args.easycache_end})\n")
     print("| variant | steps | n | plain: edit done | edit done | plain: whole target scene right | whole target scene "
           "right | tokens computed | settled precision | settled recall "
           "| model calls / steps | speed-up vs plain (median of per-pair ratios, interleaved) |\n"
@@ -96,6 +96,10 @@ def spot(args, kontext, vae):
                 ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
                 ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}),
                 ("SpotEdit, authors code + EasyCache", {"mode": "authors code", "easycache_threshold": args.easycache}))
+    ec = {"easycache_end": args.easycache_end}
+    variants = tuple((name, {**kw, **ec} if "easycache_threshold" in kw else kw) for name, kw in variants)
+    if args.no_spot_alone:
+        variants = tuple(v for v in variants if "easycache_threshold" in v[1])
     for steps in (28, 50):
         plain_ok, plain_whole = [], []
         ok, whole, comp, prec, rec, ratio, calls = ({v: [] for v, _ in variants} for _ in range(7))
@@ -204,6 +208,10 @@ def main():
     ap.add_argument("--training-scenes", action="store_true",
                     help="UNets: the text-to-image rows on the first n of sd's own training scenes (does it fit them?)")
     ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
+    ap.add_argument("--easycache-end", type=float, default=0.95,
+                    help="EasyCache's end_percent: no step is reused after this share of the sampling (node default 0.95)")
+    ap.add_argument("--no-spot-alone", action="store_true",
+                    help="spot: only the EasyCache rows (the SpotEdit-alone rows do not depend on the EasyCache options)")
     ap.add_argument("--pixels-denoise", type=float, default=0.7)
     ap.add_argument("--only", choices=["plain", "kv", "spot", "pixels", "unet", "sd", "ip2p", "spatial"], default=None)
     ap.add_argument("--threads", type=int, default=1)

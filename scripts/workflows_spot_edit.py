@@ -50,7 +50,9 @@ def spot_edit_flux_kontext() -> Workflow:
                         "SpotEdit patched into the model. After 4 warm-up steps only the tokens that still change "
                         "are computed; the rest are reused and end bit-exact on the source. SpotEdit Preview shows "
                         "the computed (red) and reused (blue) tokens and the fraction per step: lower tau computes "
-                        "more. The output is the source's size (FluxKontextImageScale before encoding).")
+                        "more. The output is the source's size (FluxKontextImageScale before encoding). "
+                        "EasyCache (bypassed) adds speed on top; if the edit fades with it, lower its end_percent "
+                        "so the last steps are computed (README: 0.6 kept the edits that 0.95 lost).")
     unet = wf.node("UNETLoader", (20, 20), widgets=["flux1-kontext-dev.safetensors", "default"],
                    outputs=[("MODEL", "MODEL")], size=(320, 90))
     clip = wf.node("DualCLIPLoader", (20, 140), widgets=["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux",

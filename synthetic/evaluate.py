@@ -163,11 +163,12 @@ SPOT_TAU = 0.03
 
 def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, tau: float = SPOT_TAU,
               warmup: int = 4, reset: int = 9, patched: bool = True, easycache_threshold: float | None = None,
-              dilation: int = 0, cfg: float = CFG, mode: str = "paper") -> dict:
+              dilation: int = 0, cfg: float = CFG, mode: str = "paper", easycache_end: float = 0.95) -> dict:
     """The Kontext-style edit with SpotEdit (perceptual judge on the model's VAE, no user mask;
     ``mode``: SpotFusionSampler's "paper" or "authors code") or without (``patched=False``): image, settled token grid of the last selective step, fraction
     of image tokens computed, the diffusion model's forward calls, and sampling seconds. ``easycache_threshold``: ComfyUI's EasyCache
-    on top (after SpotEdit's patch), with that reuse threshold."""
+    on top (after SpotEdit's patch), with that reuse threshold, reusing steps up to ``easycache_end`` of the
+    sampling (its ``end_percent``; the node's default 0.95)."""
     import time
 
     from precise_edit.nodes.spot_edit.nodes import SpotFusionSampler, SpotSelector
@@ -182,7 +183,7 @@ def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, t
         model = SpotFusionSampler.execute(kontext, sel, warmup, reset, "cos2", mode).args[0]
     spot_model = model
     if easycache_threshold is not None:
-        model = easycache(model, easycache_threshold)
+        model = easycache(model, easycache_threshold, end=easycache_end)
     calls = []       # forward passes of the diffusion model (EasyCache skips whole ones inside its forward)
     hook = kontext.model.diffusion_model.img_in.register_forward_pre_hook(lambda *_: calls.append(1))
     t0 = time.perf_counter()
