@@ -92,14 +92,13 @@ def spot(args, kontext, vae):
           "| model calls / steps | speed-up vs plain (median of per-pair ratios, interleaved) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
     pairs = scenes.edits(1003, args.n_spot)
+    ec = {"easycache_threshold": args.easycache, "easycache_end": args.easycache_end}
     variants = (("SpotEdit", {}), ("SpotEdit, authors code", {"mode": "authors code"}),
-                ("EasyCache alone", {"patched": False, "easycache_threshold": args.easycache}),
-                ("SpotEdit + EasyCache", {"easycache_threshold": args.easycache}),
-                ("SpotEdit, authors code + EasyCache", {"mode": "authors code", "easycache_threshold": args.easycache}))
-    ec = {"easycache_end": args.easycache_end}
-    variants = tuple((name, {**kw, **ec} if "easycache_threshold" in kw else kw) for name, kw in variants)
+                ("EasyCache alone", {"patched": False, **ec}),
+                ("SpotEdit + EasyCache", ec),
+                ("SpotEdit, authors code + EasyCache", {"mode": "authors code", **ec}))
     if args.no_spot_alone:
-        variants = tuple(v for v in variants if "easycache_threshold" in v[1])
+        variants = variants[2:]
     for steps in (28, 50):
         plain_ok, plain_whole = [], []
         ok, whole, comp, prec, rec, ratio, calls = ({v: [] for v, _ in variants} for _ in range(7))
@@ -208,7 +207,7 @@ def main():
     ap.add_argument("--training-scenes", action="store_true",
                     help="UNets: the text-to-image rows on the first n of sd's own training scenes (does it fit them?)")
     ap.add_argument("--easycache", type=float, default=0.2, help="EasyCache reuse threshold")
-    ap.add_argument("--easycache-end", type=float, default=0.95,
+    ap.add_argument("--easycache-end", type=float, default=ev.EASYCACHE_END,
                     help="EasyCache's end_percent: no step is reused after this share of the sampling (node default 0.95)")
     ap.add_argument("--no-spot-alone", action="store_true",
                     help="spot: only the EasyCache rows (the SpotEdit-alone rows do not depend on the EasyCache options)")

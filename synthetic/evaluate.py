@@ -141,7 +141,10 @@ def regenerate(model, vae, pair: scenes.EditPair, seed: int, steps: int = 20, cf
     return generate(model, vae, pair.target.caption(), seed, steps, cfg)
 
 
-def easycache(model, reuse_threshold: float = 0.2, start: float = 0.15, end: float = 0.95):
+EASYCACHE_END = 0.95     # ComfyUI's EasyCache node's default end_percent
+
+
+def easycache(model, reuse_threshold: float = 0.2, start: float = 0.15, end: float = EASYCACHE_END):
     """ComfyUI's own EasyCache node on ``model`` (a clone; whole steps reused when the output
     changes slowly)."""
     from comfy_extras.nodes_easycache import EasyCacheNode
@@ -163,7 +166,7 @@ SPOT_TAU = 0.03
 
 def spot_edit(kontext, vae, pair: scenes.EditPair, seed: int, steps: int = 28, tau: float = SPOT_TAU,
               warmup: int = 4, reset: int = 9, patched: bool = True, easycache_threshold: float | None = None,
-              dilation: int = 0, cfg: float = CFG, mode: str = "paper", easycache_end: float = 0.95) -> dict:
+              dilation: int = 0, cfg: float = CFG, mode: str = "paper", easycache_end: float = EASYCACHE_END) -> dict:
     """The Kontext-style edit with SpotEdit (perceptual judge on the model's VAE, no user mask;
     ``mode``: SpotFusionSampler's "paper" or "authors code") or without (``patched=False``): image, settled token grid of the last selective step, fraction
     of image tokens computed, the diffusion model's forward calls, and sampling seconds. ``easycache_threshold``: ComfyUI's EasyCache

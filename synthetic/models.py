@@ -5,15 +5,8 @@ recreates it.
 """
 from __future__ import annotations
 
-import torch
-
 from . import text
 from .training import load
-
-
-def load_state(name: str) -> dict[str, torch.Tensor]:
-    """ComfyUI's state dict of the shipped model ``name`` (expanded from its storage form)."""
-    return load(name)
 
 
 # Each model's VAE: the FLUX-family models (text-to-image and Kontext-style) at 192 pixels on
@@ -27,7 +20,7 @@ def vae(name: str = "vae16"):
     a VAE file."""
     import comfy.sd
 
-    v = comfy.sd.VAE(sd=load_state(name))
+    v = comfy.sd.VAE(sd=load(name))
     v.throw_exception_if_invalid()
     return v
 
@@ -39,7 +32,7 @@ def flux(name: str = "flux"):
 
     from .train_dit import build
 
-    model = build(load_state(name))
+    model = build(load(name))
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -52,7 +45,7 @@ def unet(name: str = "sd"):
 
     from .train_unet import build
 
-    model = build(load_state(name), ip2p=name == "ip2p")
+    model = build(load(name), ip2p=name == "ip2p")
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 

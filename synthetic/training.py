@@ -36,6 +36,7 @@ FILES = {
 COMMAND = "python scripts/train_synthetic.py {name}"
 STORAGE = {"vae16": "trimmed", "vae4": "trimmed", "sd": "int8", "ip2p": "int8", "flux": "fp16", "kontext": "fp16"}
 SCALE_SUFFIX = ".int8_scale"
+STORAGE_META = ("storage", "shapes")     # the metadata keys the storage writes (a trainer's own may not use them)
 
 
 class MissingWeights(FileNotFoundError):
@@ -71,9 +72,7 @@ def trim(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     for k, v in tensors.items():
         shapes[k] = list(v.shape)
         nz = ((v != 0) | torch.signbit(v)).nonzero()      # -0.0 is kept as it is
-        if v.ndim == 0:
-            out[k] = v
-        elif len(nz):
+        if len(nz):
             out[k] = v[tuple(slice(0, int(e) + 1) for e in nz.max(0).values)].contiguous()
     return out, shapes
 
@@ -84,11 +83,7 @@ def untrim(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> di
     for k, shape in shapes.items():
         full = torch.zeros(shape, dtype=dtype)
         if k in tensors:
-            v = tensors[k]
-            if v.ndim == 0:
-                full = v.clone()
-            else:
-                full[tuple(slice(0, n) for n in v.shape)] = v
+            full[tuple(slice(0, n) for n in tensors[k].shape)] = tensors[k]
         out[k] = full
     return out
 
@@ -125,13 +120,13 @@ def dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def stored(name: str, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """What ``save`` writes for ``name``: (tensors, storage metadata)."""
-    half = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
     kind = STORAGE.get(name, "fp16")
+    if kind == "int8":
+        return {k: v.contiguous() for k, v in quantize(tensors).items()}, {"storage": kind}
+    half = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
     if kind == "trimmed":
         small, shapes = trim(half)
         return small, {"storage": kind, "shapes": json.dumps(shapes)}
-    if kind == "int8":
-        return {k: v.contiguous() for k, v in quantize(tensors).items()}, {"storage": kind}
     return half, {"storage": kind}
 
 
@@ -156,11 +151,10 @@ def read(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """ComfyUI's state dict from a weight file in any ``STORAGE`` form (a file without the
     ``storage`` key is plain), and the file's metadata."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata() or {})
-    tensors = load_file(str(path))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     kind = meta.get("storage", "fp16")
     if kind == "trimmed":
         tensors = untrim(tensors, json.loads(meta["shapes"]))
@@ -191,7 +185,7 @@ def export(name: str, out, force: bool = False) -> Path:
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     tensors, meta = read(weight_path(name))
-    meta = {k: v for k, v in meta.items() if k not in ("storage", "shapes")}
+    meta = {k: v for k, v in meta.items() if k not in STORAGE_META}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(out), metadata=meta)
     return out
