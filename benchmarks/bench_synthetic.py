@@ -11,7 +11,10 @@ and InstructPix2Pix-style) and issue 12's spatial measure (plain vs Spatial Inst
 
     .venv/bin/python benchmarks/bench_synthetic.py [--n 40] [--steps 20] [--pie-bench DIR]
 
-``--pie-bench DIR`` also writes the edit pairs in the PIE-Bench layout there.
+``--pie-bench DIR`` also writes the edit pairs in the PIE-Bench layout there. The IP2P-style UNet is sampled
+through the pack's Instruct Guider with InstructPix2Pix's two scales (``--unet-cfg`` text, ``--image-cfg``
+image; 1 = text guidance alone); ``--ip2p-guidance`` adds rows for text guidance alone and the guider's
+schedules and instruction-dependent text scale.
 """
 from __future__ import annotations
 
@@ -148,10 +151,28 @@ def pixels(args, flux, vae):
                   flush=True)
 
 
+def ip2p_guidance(args):
+    """(label, edit_ip2p options) of the IP2P rows: the image scale asked, and with --ip2p-guidance also text
+    guidance alone and Instruct Guider's schedules and instruction-dependent text scale (issue 12's guidance,
+    judged against ground truth)."""
+    rows = [(f"image scale {args.image_cfg:g}", {"image_cfg": args.image_cfg})]
+    if args.ip2p_guidance:
+        t = args.unet_cfg
+        rows = [("text guidance alone (image scale 1)", {"image_cfg": 1.0})] + rows + [
+            (f"text scale linear {t:g} -> {t / 2:g}, image {args.image_cfg:g}",
+             {"image_cfg": args.image_cfg, "text_schedule": "linear", "text_scale_end": t / 2}),
+            (f"image scale linear {args.image_cfg:g} -> 1", {"image_cfg": args.image_cfg, "image_schedule": "linear",
+                                                             "image_scale_end": 1.0}),
+            (f"text scale from the instruction (4-12), image {args.image_cfg:g}",
+             {"image_cfg": args.image_cfg, "text_scale_mode": "from instruction"}),
+        ]
+    return rows
+
+
 def unets(args, vae4, sd, ip2p):
     scene_seed, pair_seed = (3000, 2001) if args.held_out else (1000, 1001)
     print(f"\n## SD1.5-class UNets (4-channel VAE, {eu.SIZE}-pixel images; euler/simple, cfg {args.unet_cfg:g} on the "
-          f"text; scenes({scene_seed}, n), edits({pair_seed}, n))\n")
+          f"text, IP2P through Instruct Guider; scenes({scene_seed}, n), edits({pair_seed}, n))\n")
     print("| model | what | n | success |\n|---|---|---|---|")
     sc = scenes.scenes(scene_seed, args.n)
     if args.training_scenes:   # the first n of the text-to-image UNet's own training scenes
@@ -166,11 +187,13 @@ def unets(args, vae4, sd, ip2p):
           f"{rate([judge.find(r, o.cell).colour == o.colour for r, o in robjs])} |")
     if ip2p is not None:
         pairs = scenes.edits(pair_seed, args.n)
-        res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source, eu.SIZE)[0], p.instruction, i,
-                                                   args.steps, cfg=args.unet_cfg), p)) for i, p in enumerate(pairs)]
-        for k in scenes.EDIT_KINDS:
-            print(f"| IP2P-style | edit: {k} | {sum(kk == k for kk, _ in res)} | {rate([ok for kk, ok in res if kk == k])} |")
-        print(f"| IP2P-style | edit: all | {len(res)} | {rate([ok for _, ok in res])} |")
+        for label, opts in ip2p_guidance(args):
+            res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source, eu.SIZE)[0], p.instruction,
+                                                       i, args.steps, cfg=args.unet_cfg, **opts), p))
+                   for i, p in enumerate(pairs)]
+            kinds = " / ".join(rate([ok for kk, ok in res if kk == k]) for k in scenes.EDIT_KINDS)
+            print(f"| IP2P-style, {label} | edits done: {' / '.join(scenes.EDIT_KINDS)} | {len(res)} | {kinds} |")
+            print(f"| IP2P-style, {label} | edits done, all | {len(res)} | {rate([ok for _, ok in res])} |", flush=True)
     if sd is None:
         return
     imgs = [eu.generate_sd(sd, vae4, s.caption(), seed=i, steps=args.steps, cfg=args.unet_cfg) for i, s in enumerate(sc)]
@@ -183,11 +206,12 @@ def unets(args, vae4, sd, ip2p):
 
 def spatial(args, vae4, ip2p):
     print("\n## Issue 12: spatial instructions, plain IP2P-style vs Spatial Instruction (region as noise mask; "
-          f"cfg {args.unet_cfg:g})\n")
+          f"cfg {args.unet_cfg:g}, image scale {args.image_cfg:g})\n")
     print("placed = the asked colour fills the asked cell (and a moved object's old cell is empty); "
           "done = the full judge (colour and shape in the cell, other objects kept)\n")
     print("| kind | variant | n | placed | done | refused by Spatial Instruction |\n|---|---|---|---|---|---|")
-    for kind, rows in eu.spatial_rates(ip2p, vae4, n=args.n, steps=args.steps, cfg=args.unet_cfg):
+    for kind, rows in eu.spatial_rates(ip2p, vae4, n=args.n, steps=args.steps, cfg=args.unet_cfg,
+                                       image_cfg=args.image_cfg):
         for variant, (placed, done, refused) in rows.items():
             print(f"| {kind} | {variant} | {args.n} | {100 * placed:5.1f} % | {100 * done:5.1f} % | {refused} |", flush=True)
 
@@ -202,6 +226,11 @@ def main():
     ap.add_argument("--tau", type=float, default=ev.SPOT_TAU)
     ap.add_argument("--cfg", type=float, default=ev.CFG, help="classifier-free guidance of the FLUX-side models")
     ap.add_argument("--unet-cfg", type=float, default=eu.CFG, help="classifier-free guidance of the SD1.5-class UNets")
+    ap.add_argument("--image-cfg", type=float, default=eu.IMAGE_CFG,
+                    help="the IP2P-style UNet's image guidance scale (1: text guidance alone)")
+    ap.add_argument("--ip2p-guidance", action="store_true",
+                    help="IP2P: also rows for text guidance alone and Instruct Guider's schedules / text scale "
+                         "from the instruction")
     ap.add_argument("--held-out", action="store_true",
                     help="UNets: scenes(3000, n) and edits(2001, n), seeds no trainer or earlier table used")
     ap.add_argument("--training-scenes", action="store_true",
