@@ -19,8 +19,10 @@ from .piebench import pair_from_entry
 from .scenes import FLUX_SIZE as SIZE   # the Kontext-style model's image size (evaluate.KONTEXT_SIZE)
 
 
-def judge_run(out: str | Path, mapping_file: str | Path) -> dict[str, dict[str, float]]:
-    """{method: {edit kind | "all": success rate}}; cases the runner failed count as failures."""
+def judge_run(out: str | Path, mapping_file: str | Path, others_kept: bool = True) -> dict[str, dict[str, float]]:
+    """{method: {edit kind | "all": success rate}}; cases the runner failed count as failures. Success is
+    the edit done and the other objects kept; ``others_kept=False``: the edit done alone (the plain models'
+    own rate in the README's tables)."""
     from PIL import Image
 
     out, mapping = Path(out), json.loads(Path(mapping_file).read_text())
@@ -35,7 +37,7 @@ def judge_run(out: str | Path, mapping_file: str | Path) -> dict[str, dict[str, 
                 if img.shape[:2] != tuple(e["image_size"]):
                     raise ValueError(f"case {row['case_id']}: edited image is {img.shape[1]}x{img.shape[0]}, the set's "
                                      f"images are {e['image_size'][0]}x{e['image_size'][1]}")
-                ok = judge.edit_ok(img, pair) and judge.others_kept(img, pair)
+                ok = judge.edit_ok(img, pair) and (not others_kept or judge.others_kept(img, pair))
             verdicts.setdefault(row["method"], []).append((pair.kind, bool(ok)))
     rates = {}
     for method, v in verdicts.items():

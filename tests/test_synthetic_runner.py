@@ -53,3 +53,31 @@ def test_runner_judges_the_synthetic_set_end_to_end(server, tmp_path):
         assert np.abs(ran - here).mean() < 1.0, np.abs(ran - here).mean()
         verdicts.append(judge.edit_ok(here.astype(np.uint8), pair) and judge.others_kept(here.astype(np.uint8), pair))
     assert rates["all"] == pytest.approx(np.mean(verdicts))
+
+
+def test_judge_run_counts_the_other_objects_only_when_asked(tmp_path):
+    """``judge_run``'s two verdicts on hand-made runner output: the target itself passes both; the target
+    missing an object the edit did not touch has the edit done but not the rest kept; the source fails
+    both (no server: results.csv and the images written here)."""
+    import dataclasses
+
+    pairs = [p for p in scenes.edits(1001, 20) if p.result is not None
+             and any(o.cell != p.result.cell for o in p.target.objects)][:2]
+    mapping = piebench.write(pairs, tmp_path / "set", size=ev.KONTEXT_SIZE)
+    ids = sorted(json.loads(mapping.read_text()))
+    out = tmp_path / "run"
+    out.mkdir()
+    rows = []
+    for case, p in zip(ids, pairs):
+        other = next(o for o in p.target.objects if o.cell != p.result.cell)
+        missing = dataclasses.replace(p.target, objects=tuple(o for o in p.target.objects if o is not other))
+        for method, scene in (("target", p.target), ("missing", missing), ("source", p.source)):
+            name = f"{method}_{case}.png"
+            Image.fromarray(scenes.render(scene, ev.KONTEXT_SIZE)[0]).save(out / name)
+            rows.append({"case_id": case, "method": method, "status": "ok", "edited_image": name})
+    pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    strict = run_judge.judge_run(out, mapping)
+    done = run_judge.judge_run(out, mapping, others_kept=False)
+    assert strict["target"]["all"] == 1.0 and done["target"]["all"] == 1.0
+    assert strict["missing"]["all"] == 0.0 and done["missing"]["all"] == 1.0
+    assert strict["source"]["all"] == 0.0 and done["source"]["all"] == 0.0
