@@ -186,14 +186,11 @@ def unets(args, vae4, sd, ip2p):
     print(f"| VAE4 round trip | object colour right in its cell | {len(robjs)} | "
           f"{rate([judge.find(r, o.cell).colour == o.colour for r, o in robjs])} |")
     if ip2p is not None:
-        pairs = scenes.edits(pair_seed, args.n)
         for label, opts in ip2p_guidance(args):
-            res = [(p.kind, judge.edit_ok(eu.edit_ip2p(ip2p, vae4, scenes.render(p.source, eu.SIZE)[0], p.instruction,
-                                                       i, args.steps, cfg=args.unet_cfg, **opts), p))
-                   for i, p in enumerate(pairs)]
-            kinds = " / ".join(rate([ok for kk, ok in res if kk == k]) for k in scenes.EDIT_KINDS)
-            print(f"| IP2P-style, {label} | edits done: {' / '.join(scenes.EDIT_KINDS)} | {len(res)} | {kinds} |")
-            print(f"| IP2P-style, {label} | edits done, all | {len(res)} | {rate([ok for _, ok in res])} |", flush=True)
+            r = eu.ip2p_rates(ip2p, vae4, n=args.n, seed=pair_seed, steps=args.steps, cfg=args.unet_cfg, **opts)
+            kinds = " / ".join(f"{100 * r[k]:5.1f} %" if k in r else "  -  " for k in scenes.EDIT_KINDS)
+            print(f"| IP2P-style, {label} | edits done: {' / '.join(scenes.EDIT_KINDS)} | {args.n} | {kinds} |")
+            print(f"| IP2P-style, {label} | edits done, all | {args.n} | {100 * r['all']:5.1f} % |", flush=True)
     if sd is None:
         return
     imgs = [eu.generate_sd(sd, vae4, s.caption(), seed=i, steps=args.steps, cfg=args.unet_cfg) for i, s in enumerate(sc)]
